@@ -1,0 +1,1 @@
+"""lulayer.apply"""

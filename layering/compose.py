@@ -1,0 +1,246 @@
+"""Compose a layered tree: the base commit plus packages, committed to the repository.
+
+The rpm transaction runs on an overlayfs whose lower layer is a checkout of
+the base commit and whose upper layer is a scratch folder. The overlay is
+what keeps the OSTree repository safe: the checkout's files are hardlinks to
+repository objects, and nothing rpm or a scriptlet does can write through one
+(a write copies the file up first). The upper layer is then exactly the
+change, and the new commit is the base commit's tree with the upper layer
+written over it: the cost follows the packages, not the size of the base.
+
+The transaction runs in a child process with a mount namespace of its own,
+so its mounts vanish with it, even when it is killed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import gi
+
+gi.require_version("OSTree", "1.0")
+from gi.repository import Gio, GLib, OSTree  # noqa: E402
+
+from lulayer.errors import ComposeError, LulayerError  # noqa: E402
+from lulayer.fsutil import remove_tree_at  # noqa: E402
+from lulayer.rpmdb.db import Package  # noqa: E402
+from lulayer.run import run  # noqa: E402
+
+SCRATCH_PREFIX = "lulayer-compose-"
+# What an image commit never carries from a package's payload: /var is the
+# machine's (ostree keeps it per OS), the rest are API file systems.
+_SKIPPED_TOP = {"var", "run", "tmp", "proc", "sys", "dev", "etc", "boot", "sysroot"}
+_OVERLAY_XATTR_PREFIX = "trusted.overlay."
+_SQLITE_RUNTIME = ("-shm", "-wal", "-journal")
+
+
+@dataclass(frozen=True)
+class ComposeRequest:
+    base_commit: str
+    base_root: Path  # a checkout of base_commit (read-only lower layer)
+    dbpath: PurePosixPath
+    rpms: tuple[Path, ...]
+    packages: tuple[Package, ...]  # what rpms hold, for the commit metadata
+    requested: tuple[str, ...]
+
+
+def scratch_root(repo_path: Path) -> Path:
+    return repo_path / "tmp"
+
+
+def clean_stale_scratch(repo_path: Path) -> None:
+    """Remove what a killed compose left (the caller holds the sysroot lock)."""
+    tmp = scratch_root(repo_path)
+    if not tmp.is_dir():
+        return
+    fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for name in os.listdir(fd):
+            if name.startswith(SCRATCH_PREFIX):
+                remove_tree_at(fd, name)
+    finally:
+        os.close(fd)
+
+
+def compose(repo: OSTree.Repo, repo_path: Path, req: ComposeRequest) -> str:
+    """Install req.rpms onto the base commit; return the new commit's checksum."""
+    scratch = scratch_root(repo_path) / f"{SCRATCH_PREFIX}{uuid.uuid4().hex[:12]}"
+    dirs = {k: scratch / k for k in ("upper-root", "work-root", "upper-etc", "work-etc", "merged")}
+    for d in dirs.values():
+        d.mkdir(parents=True)
+    try:
+        job = {
+            "lower": str(req.base_root),
+            "dbpath": str(req.dbpath),
+            "rpms": [str(p) for p in req.rpms],
+            **{k: str(v) for k, v in dirs.items()},
+        }
+        proc = run(
+            ["unshare", "--mount", "--propagation", "private", sys.executable, "-m", "lulayer.layering.compose"],
+            input=json.dumps(job), check=False,
+        )
+        if proc.returncode != 0:
+            lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+            msg = lines[-1] if lines else f"exit status {proc.returncode}"
+            if msg.startswith("error: "):
+                msg = msg[len("error: "):]
+            raise ComposeError(f"composing the new tree failed: {msg}")
+        return _commit_upper(repo, req, dirs["upper-root"], dirs["upper-etc"])
+    finally:
+        parent = os.open(scratch.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            remove_tree_at(parent, scratch.name)
+        finally:
+            os.close(parent)
+
+
+def _is_whiteout(st: os.stat_result) -> bool:
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+def _is_opaque(path: Path) -> bool:
+    try:
+        return os.getxattr(path, "trusted.overlay.opaque", follow_symlinks=False) == b"y"
+    except OSError:
+        return False
+
+
+def _apply_removals(mtree: OSTree.MutableTree, upper: Path, top_level: bool) -> None:
+    """Carry the overlay's whiteouts and opaque directories into mtree."""
+    with os.scandir(upper) as it:
+        for entry in it:
+            if top_level and entry.name in _SKIPPED_TOP:
+                continue
+            st = entry.stat(follow_symlinks=False)
+            if _is_whiteout(st):
+                mtree.remove(entry.name, True)
+            elif stat.S_ISDIR(st.st_mode):
+                if _is_opaque(Path(entry.path)):
+                    mtree.remove(entry.name, True)
+                    continue
+                try:
+                    _, _, sub = mtree.lookup(entry.name)
+                except GLib.Error:  # a directory new in the upper layer
+                    continue
+                if sub is not None:
+                    _apply_removals(sub, Path(entry.path), False)
+
+
+def _modifier(repo: OSTree.Repo, req: ComposeRequest, upper: Path, skip_top: bool) -> OSTree.RepoCommitModifier:
+    def commit_filter(_repo: OSTree.Repo, path: str, info: Gio.FileInfo) -> OSTree.RepoCommitFilterResult:
+        p = PurePosixPath(path)
+        if skip_top and len(p.parts) >= 2 and p.parts[1] in _SKIPPED_TOP:
+            return OSTree.RepoCommitFilterResult.SKIP
+        # sqlite's shared-memory and WAL files are the open database's, never the image's:
+        # committed, a reader of a deployment would write through them into the repository.
+        if p.parent == req.dbpath and p.name.endswith(_SQLITE_RUNTIME):
+            return OSTree.RepoCommitFilterResult.SKIP
+        if info.get_file_type() == Gio.FileType.SPECIAL:  # whiteouts, handled above
+            return OSTree.RepoCommitFilterResult.SKIP
+        return OSTree.RepoCommitFilterResult.ALLOW
+
+    def xattrs(_repo: OSTree.Repo, path: str, _info: Gio.FileInfo) -> GLib.Variant:
+        full = str(upper) + path
+        pairs = []
+        try:
+            names = os.listxattr(full, follow_symlinks=False)
+        except OSError:
+            names = []
+        for name in sorted(names):
+            if name.startswith(_OVERLAY_XATTR_PREFIX):
+                continue
+            value = os.getxattr(full, name, follow_symlinks=False)
+            pairs.append((name.encode() + b"\0", value))
+        return GLib.Variant("a(ayay)", pairs)
+
+    mod = OSTree.RepoCommitModifier.new(OSTree.RepoCommitModifierFlags.SKIP_XATTRS, commit_filter)
+    mod.set_xattr_callback(xattrs)
+    # Label new files with the base image's SELinux policy, if it ships one.
+    try:
+        mod.set_sepolicy_from_commit(repo, req.base_commit, None)
+    except GLib.Error:
+        pass
+    return mod
+
+
+def _commit_upper(repo: OSTree.Repo, req: ComposeRequest, upper_root: Path, upper_etc: Path) -> str:
+    try:
+        repo.prepare_transaction(None)
+        mtree = OSTree.MutableTree.new_from_commit(repo, req.base_commit)
+        _apply_removals(mtree, upper_root, True)
+        repo.write_directory_to_mtree(Gio.File.new_for_path(str(upper_root)), mtree,
+                                      _modifier(repo, req, upper_root, True), None)
+        # Packages install config to /etc; an OSTree image keeps it in /usr/etc.
+        _, usr = mtree.ensure_dir("usr")
+        _, usr_etc = usr.ensure_dir("etc")
+        _apply_removals(usr_etc, upper_etc, False)
+        repo.write_directory_to_mtree(Gio.File.new_for_path(str(upper_etc)), usr_etc,
+                                      _modifier(repo, req, upper_etc, False), None)
+        _, root = repo.write_mtree(mtree, None)
+        _, base_variant = repo.load_variant(OSTree.ObjectType.COMMIT, req.base_commit)
+        base_meta = base_variant.get_child_value(0)
+        meta = GLib.VariantDict.new(base_meta)
+        meta.insert_value("rpmostree.clientlayer", GLib.Variant("b", True))
+        meta.insert_value("lulayer.base-checksum", GLib.Variant("s", req.base_commit))
+        meta.insert_value("lulayer.requested", GLib.Variant("as", list(req.requested)))
+        meta.insert_value("lulayer.packages", GLib.Variant("as", [p.nevra for p in req.packages]))
+        subject = "lulayer: " + (", ".join(req.requested) or "no packages")
+        _, commit = repo.write_commit(req.base_commit, subject, None, meta.end(), root, None)
+        repo.commit_transaction(None)
+    except GLib.Error as e:
+        repo.abort_transaction(None)
+        raise ComposeError(f"committing the new tree failed: {e.message}") from e
+    result: str = commit
+    return result
+
+
+# --- the child process: mounts and the rpm transaction -----------------------------------
+
+def _mount(*args: str) -> None:
+    run(["mount", *args])
+
+
+def _worker(job: dict[str, object]) -> None:
+    from lulayer.rpmdb.transaction import install_rpms
+
+    lower, merged = str(job["lower"]), Path(str(job["merged"]))
+    # metacopy and redirects off: the upper layer must hold whole files and
+    # real directories, since it is committed as it is.
+    opts = "redirect_dir=off,metacopy=off,index=off"
+    _mount("-t", "overlay", "overlay", "-o",
+           f"lowerdir={lower},upperdir={job['upper-root']},workdir={job['work-root']},{opts}", str(merged))
+    (merged / "etc").mkdir(exist_ok=True)
+    _mount("-t", "overlay", "overlay", "-o",
+           f"lowerdir={lower}/usr/etc,upperdir={job['upper-etc']},workdir={job['work-etc']},{opts}",
+           str(merged / "etc"))
+    for d in ("proc", "dev", "run", "tmp"):
+        (merged / d).mkdir(exist_ok=True)
+    _mount("-t", "proc", "proc", str(merged / "proc"))
+    _mount("-t", "tmpfs", "tmpfs", str(merged / "run"))
+    _mount("-t", "tmpfs", "tmpfs", str(merged / "tmp"))
+    _mount("-t", "tmpfs", "-o", "mode=0755", "tmpfs", str(merged / "dev"))
+    for node in ("null", "zero", "full", "random", "urandom", "tty"):
+        target = merged / "dev" / node
+        target.touch()
+        _mount("--bind", f"/dev/{node}", str(target))
+    rpms = [Path(str(p)) for p in job["rpms"]]  # type: ignore[attr-defined]
+    install_rpms(merged, PurePosixPath(str(job["dbpath"])), rpms)
+
+
+def main() -> None:
+    try:
+        _worker(json.loads(sys.stdin.read()))
+    except LulayerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

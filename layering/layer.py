@@ -1,0 +1,227 @@
+"""Layering for the next boot: install, uninstall, upgrade.
+
+Every new deployment is composed from the base commit plus every requested
+package, as rpm-ostree does, so a package removed from the request leaves no
+trace and its dependencies go with it. Packages already layered keep the
+version they have unless the operation is an upgrade.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from gi.repository import GLib, OSTree
+
+from lulayer.errors import LulayerError, ResolveError
+from lulayer.layering import compose as composer
+from lulayer.layering.deploy import deploy
+from lulayer.layering.resolver import (
+    Progress,
+    ResolveRequest,
+    Resolver,
+    make_resolver,
+    read_repo_configs,
+    split_specs,
+)
+from lulayer.rpmdb.db import Package, commit_packages, read_packages, snapshot, tree_dbpath
+from lulayer.sysroot import Deployment, Sysroot, commit_metadata, resolve_ref
+
+AT_FDCWD = -100
+
+
+@dataclass(frozen=True)
+class PackageChanges:
+    added: tuple[Package, ...] = ()
+    removed: tuple[Package, ...] = ()
+    upgraded: tuple[tuple[Package, Package], ...] = ()
+
+    @classmethod
+    def between(cls, old: Sequence[Package], new: Sequence[Package]) -> PackageChanges:
+        old_by = {p.name: p for p in old}
+        new_by = {p.name: p for p in new}
+        return cls(
+            added=tuple(sorted(p for n, p in new_by.items() if n not in old_by)),
+            removed=tuple(sorted(p for n, p in old_by.items() if n not in new_by)),
+            upgraded=tuple(sorted((old_by[n], p) for n, p in new_by.items() if n in old_by and old_by[n] != p)),
+        )
+
+    @property
+    def empty(self) -> bool:
+        return not (self.added or self.removed or self.upgraded)
+
+
+@dataclass(frozen=True)
+class LayerResult:
+    changes: PackageChanges
+    requested: tuple[str, ...]
+    deployment: Deployment | None = None  # the new pending deployment
+    dry_run: bool = False
+    message: str | None = None  # why nothing was done, when nothing was
+    commit: str | None = field(default=None)
+
+
+def base_commit_of(repo: OSTree.Repo, commit: str) -> str:
+    """The base image commit under a (possibly layered) commit."""
+    meta = commit_metadata(repo, commit)
+    base = meta.get("lulayer.base-checksum")
+    if isinstance(base, str):
+        return base
+    if meta.get("rpmostree.clientlayer"):
+        _, variant = repo.load_variant(OSTree.ObjectType.COMMIT, commit)
+        parent: str | None = OSTree.commit_get_parent(variant)
+        if parent:
+            return parent
+    return commit
+
+
+def base_checkout(sysroot: Sysroot, base_commit: str) -> Path:
+    """A checkout of base_commit to compose on: a deployment of it, else a cached hardlink checkout.
+
+    Either is only ever an overlay's lower layer, never written.
+    """
+    for d in sysroot.deployments():
+        if d.checksum == base_commit:
+            return d.path
+    cache = sysroot.path / "ostree" / "lulayer" / "base"
+    dest = cache / base_commit
+    if dest.is_dir():
+        return dest
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = cache / f".{base_commit}.tmp"
+    if tmp.exists():
+        from lulayer.fsutil import remove_tree_at
+
+        fd = os.open(cache, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            remove_tree_at(fd, tmp.name)
+        finally:
+            os.close(fd)
+    opts = OSTree.RepoCheckoutAtOptions()
+    opts.mode = OSTree.RepoCheckoutMode.NONE
+    try:
+        sysroot.repo.checkout_at(opts, AT_FDCWD, str(tmp), base_commit, None)
+    except GLib.Error as e:
+        raise LulayerError(f"cannot check out base commit {base_commit[:12]}: {e.message}") from e
+    os.rename(tmp, dest)
+    return dest
+
+
+def _releasever(root: Path) -> str:
+    for rel in ("usr/lib/os-release", "usr/etc/os-release", "etc/os-release"):
+        f = root / rel
+        if f.is_file():
+            for line in f.read_text().splitlines():
+                key, _, value = line.partition("=")
+                if key.strip() == "VERSION_ID":
+                    return value.strip().strip('"')
+    return "rawhide"
+
+
+def layered_packages(sysroot: Sysroot, commit: str, dbpath: PurePosixPath) -> tuple[Package, ...]:
+    """Packages commit has that its base commit lacks."""
+    base = base_commit_of(sysroot.repo, commit)
+    if base == commit:
+        return ()
+    base_names = {p for p in commit_packages(sysroot.repo, base, dbpath)}
+    return tuple(p for p in commit_packages(sysroot.repo, commit, dbpath) if p not in base_names)
+
+
+class Layering:
+    """The layering operations on one locked sysroot."""
+
+    def __init__(self, sysroot: Sysroot, resolver: Resolver | None = None,
+                 progress: Progress | None = None, say: Callable[[str], None] | None = None) -> None:
+        self.sysroot = sysroot
+        self.resolver = resolver or make_resolver()
+        self.progress = progress
+        self.say = say or (lambda msg: print(msg, file=sys.stderr))
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.sysroot.var_dir(self.sysroot.booted().osname) / "cache" / "lulayer"
+
+    def install(self, names: Sequence[str], *, dry_run: bool = False, idempotent: bool = False) -> LayerResult:
+        names = split_specs(names)
+        if not names:
+            raise LulayerError("no package named", hint="lulayer install PKG...")
+        merge = self.sysroot.merge_deployment()
+        current = set(merge.origin.requested)
+        already = [n for n in names if n in current]
+        if already and not idempotent:
+            raise LulayerError(f"already requested: {', '.join(already)}",
+                               hint="pass --idempotent to make this a no-op")
+        new = [n for n in names if n not in current]
+        if not new:
+            return LayerResult(PackageChanges(), tuple(sorted(current)), dry_run=dry_run,
+                               message=f"already requested: {', '.join(already)}; nothing to do")
+        return self._layer(merge, current | set(new), dry_run=dry_run, upgrade=False)
+
+    def uninstall(self, names: Sequence[str], *, remove_all: bool = False, dry_run: bool = False) -> LayerResult:
+        names = split_specs(names)
+        merge = self.sysroot.merge_deployment()
+        current = set(merge.origin.requested)
+        if remove_all or not names:
+            if not current:
+                raise LulayerError("no package is layered", hint="nothing to uninstall")
+            names = tuple(sorted(current))
+        missing = [n for n in names if n not in current]
+        if missing:
+            raise LulayerError(
+                f"not layered: {', '.join(missing)}",
+                hint="only layered packages can be uninstalled; `lulayer status` lists them",
+            )
+        return self._layer(merge, current - set(names), dry_run=dry_run, upgrade=False)
+
+    def upgrade(self, *, dry_run: bool = False) -> LayerResult:
+        merge = self.sysroot.merge_deployment()
+        return self._layer(merge, set(merge.origin.requested), dry_run=dry_run, upgrade=True)
+
+    def _layer(self, merge: Deployment, requested: set[str], *, dry_run: bool, upgrade: bool) -> LayerResult:
+        sysroot, repo = self.sysroot, self.sysroot.repo
+        composer.clean_stale_scratch(sysroot.path / "ostree" / "repo")
+        base = base_commit_of(repo, merge.checksum)
+        if upgrade:
+            base = resolve_ref(repo, merge.origin.refspec) or base
+        base_root = base_checkout(sysroot, base)
+        dbpath = tree_dbpath(base_root)
+        old_pkgs = commit_packages(repo, merge.checksum, dbpath)
+        req_sorted = tuple(sorted(requested))
+        if not requested:
+            base_pkgs = commit_packages(repo, base, dbpath)
+            changes = PackageChanges.between(old_pkgs, base_pkgs)
+            if dry_run:
+                return LayerResult(changes, req_sorted, dry_run=True)
+            dep = deploy(sysroot, base, merge.origin.with_requested(()), merge)
+            return LayerResult(changes, req_sorted, deployment=dep, commit=base)
+
+        layered_now = {p.name: p for p in layered_packages(sysroot, merge.checksum, dbpath)}
+        specs = tuple(
+            layered_now[n].nevra if (n in layered_now and not upgrade) else n for n in req_sorted
+        )
+        releasever = _releasever(base_root)
+        repos = read_repo_configs(sysroot.booted().path, releasever)
+        with snapshot(base_root / str(dbpath).lstrip("/"), dbpath) as installed_root:
+            base_pkgs = read_packages(installed_root, dbpath)
+            resolution = self.resolver.resolve(ResolveRequest(
+                installed_root=installed_root, dbpath=dbpath, repos=repos,
+                cache_dir=self.cache_dir, releasever=releasever, install=specs,
+            ))
+            new_pkgs = tuple(sorted((*base_pkgs, *(r.package for r in resolution.install))))
+            changes = PackageChanges.between(old_pkgs, new_pkgs)
+            if upgrade and changes.empty and base == base_commit_of(repo, merge.checksum):
+                return LayerResult(changes, req_sorted, dry_run=dry_run, message="No upgrade available.")
+            if dry_run:
+                return LayerResult(changes, req_sorted, dry_run=True)
+            rpms = self.resolver.download(resolution, self.progress)
+        if not resolution.install:
+            raise ResolveError("the resolver selected no package", hint="check the requested names")
+        commit = composer.compose(repo, sysroot.path / "ostree" / "repo", composer.ComposeRequest(
+            base_commit=base, base_root=base_root, dbpath=dbpath, rpms=rpms,
+            packages=tuple(r.package for r in resolution.install), requested=req_sorted,
+        ))
+        dep = deploy(sysroot, commit, merge.origin.with_requested(req_sorted), merge)
+        return LayerResult(changes, req_sorted, deployment=dep, commit=commit)

@@ -1,0 +1,73 @@
+"""What `lulayer status` reports, as values; the CLI only formats them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+from lulayer.layering.layer import PackageChanges, base_commit_of, layered_packages
+from lulayer.rpmdb.db import Package, commit_packages, tree_dbpath
+from lulayer.sysroot import Deployment, Sysroot, commit_metadata
+
+
+@dataclass(frozen=True)
+class DeploymentStatus:
+    deployment: Deployment
+    base_checksum: str
+    version: str | None
+    layered: tuple[Package, ...]
+    pending: bool
+    rollback: bool
+
+    def to_json(self) -> dict[str, object]:
+        d = self.deployment
+        layered = self.base_checksum != d.checksum
+        return {
+            "id": d.id,
+            "osname": d.osname,
+            "serial": d.serial,
+            "checksum": d.checksum,
+            "base-checksum": self.base_checksum if layered else None,
+            "version": self.version,
+            "origin": d.origin.refspec,
+            "booted": d.booted,
+            "staged": d.staged,
+            "pending": self.pending,
+            "rollback": self.rollback,
+            "requested-packages": list(d.origin.requested),
+            "packages": [p.nevra for p in self.layered],
+        }
+
+
+@dataclass(frozen=True)
+class Status:
+    deployments: tuple[DeploymentStatus, ...]
+    pending_diff: PackageChanges | None  # the pending deployment against the booted one
+
+    def to_json(self) -> dict[str, object]:
+        return {"deployments": [d.to_json() for d in self.deployments]}
+
+
+def read_status(sysroot: Sysroot) -> Status:
+    deps = sysroot.deployments()
+    booted = sysroot.booted()
+    pending = sysroot.pending()
+    rollback = sysroot.rollback()
+    dbpath: PurePosixPath = tree_dbpath(booted.path)
+    out = []
+    for d in deps:
+        meta = commit_metadata(sysroot.repo, d.checksum)
+        version = meta.get("version")
+        out.append(DeploymentStatus(
+            deployment=d,
+            base_checksum=base_commit_of(sysroot.repo, d.checksum),
+            version=version if isinstance(version, str) else None,
+            layered=layered_packages(sysroot, d.checksum, dbpath),
+            pending=pending is not None and d.name == pending.name,
+            rollback=rollback is not None and d.name == rollback.name,
+        ))
+    diff = None
+    if pending is not None:
+        diff = PackageChanges.between(commit_packages(sysroot.repo, booted.checksum, dbpath),
+                                      commit_packages(sysroot.repo, pending.checksum, dbpath))
+    return Status(tuple(out), diff)

@@ -1,0 +1,3 @@
+from lulayer.cli import main
+
+main()

@@ -1,0 +1,220 @@
+"""The command line: parse, call the core, print. The only module that imports click."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from lulayer import __version__
+from lulayer.errors import LulayerError
+
+
+@dataclass
+class Context:
+    sysroot_path: Path | None
+    debug: bool
+
+
+def _die(e: LulayerError) -> NoReturn:
+    line = f"error: {e.message}" + (f"; {e.hint}" if e.hint else "")
+    click.echo(line, err=True)
+    sys.exit(e.exit_code)
+
+
+def _say(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+def _progress() -> Callable[[str, int, int], None] | None:
+    if not sys.stderr.isatty():
+        return None
+
+    def show(label: str, done: int, total: int) -> None:
+        pct = f"{100 * done // total:3d}%" if total else "   "
+        end = "\n" if total and done >= total else ""
+        sys.stderr.write(f"\r  {label[:50]:50} {pct}{end}")
+        sys.stderr.flush()
+
+    return show
+
+
+@contextmanager
+def _locked(ctx: Context, *, write: bool = True) -> Iterator[Any]:
+    from lulayer.lock import sysroot_lock
+    from lulayer.sysroot import Sysroot, require_root
+
+    if write:
+        require_root()
+    sysroot = Sysroot(ctx.sysroot_path)
+    if not write:
+        yield sysroot
+        return
+    with sysroot_lock(sysroot, on_wait=_say):
+        yield sysroot
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except LulayerError as e:
+            if ctx.obj is not None and ctx.obj.debug:
+                raise
+            _die(e)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="lulayer")
+@click.option("--sysroot", type=click.Path(path_type=Path, file_okay=False),
+              help="Work on the OSTree folder sysroot DIR instead of the running system.", metavar="DIR")
+@click.option("--debug", is_flag=True, help="Log every step; show tracebacks.")
+@click.pass_context
+def cli(ctx: click.Context, sysroot: Path | None, debug: bool) -> None:
+    """Layer RPM packages onto an OSTree-based system, for the next boot or live."""
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(name)s: %(message)s")
+    ctx.obj = Context(sysroot_path=sysroot, debug=debug)
+
+
+def _print_changes(result: Any, where: str) -> None:
+    ch = result.changes
+    for p in ch.added:
+        click.echo(f"  Added: {p.nevra}")
+    for old, new in ch.upgraded:
+        click.echo(f"  Upgraded: {old.nevra} -> {new.nevra}")
+    for p in ch.removed:
+        click.echo(f"  Removed: {p.nevra}")
+    if result.message:
+        click.echo(result.message)
+    elif result.dry_run:
+        click.echo(f"Dry run: nothing was changed; these changes would go to the {where}.")
+    elif ch.empty:
+        click.echo(f"No package changes; a new deployment was made for the {where}.")
+    else:
+        click.echo(f"Changes queued for the {where}. Run `systemctl reboot` to start using them.")
+
+
+@cli.command()
+@click.argument("packages", nargs=-1, required=True)
+@click.option("-n", "--dry-run", is_flag=True, help="Resolve and show the changes; change nothing.")
+@click.option("--idempotent", is_flag=True, help="Do nothing when a package is already requested.")
+@click.pass_obj
+def install(ctx: Context, packages: tuple[str, ...], dry_run: bool, idempotent: bool) -> None:
+    """Layer PACKAGES onto the image, for the next boot."""
+    from lulayer.layering.layer import Layering
+
+    with _locked(ctx) as sysroot:
+        result = Layering(sysroot, progress=_progress(), say=_say).install(
+            packages, dry_run=dry_run, idempotent=idempotent)
+    _print_changes(result, "next boot")
+
+
+@cli.command()
+@click.argument("packages", nargs=-1)
+@click.option("-a", "--all", "remove_all", is_flag=True, help="Remove every layered package.")
+@click.option("-n", "--dry-run", is_flag=True, help="Show the changes; change nothing.")
+@click.pass_obj
+def uninstall(ctx: Context, packages: tuple[str, ...], remove_all: bool, dry_run: bool) -> None:
+    """Remove layered PACKAGES (no names, or --all: every layered package)."""
+    from lulayer.layering.layer import Layering
+
+    with _locked(ctx) as sysroot:
+        result = Layering(sysroot, progress=_progress(), say=_say).uninstall(
+            packages, remove_all=remove_all, dry_run=dry_run)
+    _print_changes(result, "next boot")
+
+
+@cli.command()
+@click.option("-n", "--dry-run", is_flag=True, help="Show the changes; change nothing.")
+@click.pass_obj
+def upgrade(ctx: Context, dry_run: bool) -> None:
+    """Newest base commit of the origin's ref, layered packages at their newest versions."""
+    from lulayer.layering.layer import Layering
+
+    with _locked(ctx) as sysroot:
+        result = Layering(sysroot, progress=_progress(), say=_say).upgrade(dry_run=dry_run)
+    _print_changes(result, "next boot")
+
+
+@cli.command()
+@click.pass_obj
+def rollback(ctx: Context) -> None:
+    """Make the previous deployment the default for the next boot."""
+    from lulayer.layering.deploy import rollback as do_rollback
+
+    with _locked(ctx) as sysroot:
+        dep = do_rollback(sysroot)
+    click.echo(f"Moving {dep.checksum[:12]}.{dep.serial} to be first deployment. Reboot to use it.")
+
+
+@cli.command()
+@click.option("-p", "--pending", is_flag=True, help="Remove the pending deployment.")
+@click.option("-r", "--rollback", "rollback_", is_flag=True, help="Remove the rollback deployment.")
+@click.option("-m", "--repomd", is_flag=True, help="Remove cached repository metadata and packages.")
+@click.pass_obj
+def cleanup(ctx: Context, pending: bool, rollback_: bool, repomd: bool) -> None:
+    """Remove pending or rollback deployments, caches, and unreferenced objects."""
+    from lulayer.layering.cleanup import cleanup as do_cleanup
+
+    if not (pending or rollback_ or repomd):
+        raise click.UsageError("say what to clean: --pending, --rollback and/or --repomd")
+    with _locked(ctx) as sysroot:
+        for line in do_cleanup(sysroot, pending=pending, rollback=rollback_, repomd=repomd):
+            click.echo(line)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="rpm-ostree's JSON layout.")
+@click.option("-v", "--verbose", is_flag=True, help="Show more of each deployment.")
+@click.pass_obj
+def status(ctx: Context, as_json: bool, verbose: bool) -> None:
+    """The deployments in boot order, the booted one marked."""
+    from lulayer.layering.status import read_status
+
+    with _locked(ctx, write=False) as sysroot:
+        st = read_status(sysroot)
+    if as_json:
+        click.echo(json.dumps(st.to_json(), indent=2))
+        return
+    click.echo("Deployments:")
+    for ds in st.deployments:
+        d = ds.deployment
+        mark = "●" if d.booted else " "
+        tags = [t for t, on in (("booted", d.booted), ("pending", ds.pending), ("rollback", ds.rollback),
+                                ("staged", d.staged)) if on]
+        click.echo(f"{mark} {d.osname}:{d.origin.refspec}" + (f" ({', '.join(tags)})" if tags else ""))
+        if ds.version:
+            click.echo(f"{'Version':>19}: {ds.version}")
+        if ds.base_checksum != d.checksum:
+            click.echo(f"{'BaseCommit':>19}: {ds.base_checksum}")
+        click.echo(f"{'Commit':>19}: {d.checksum}")
+        if verbose:
+            click.echo(f"{'Deployment':>19}: {d.path}")
+        if d.origin.requested:
+            click.echo(f"{'LayeredPackages':>19}: {' '.join(d.origin.requested)}")
+        if verbose and ds.layered:
+            click.echo(f"{'Packages':>19}: {' '.join(p.nevra for p in ds.layered)}")
+        click.echo("")
+    if st.pending_diff is not None and not st.pending_diff.empty:
+        diff = st.pending_diff
+        parts = [f"{len(diff.added)} added" if diff.added else "",
+                 f"{len(diff.upgraded)} upgraded" if diff.upgraded else "",
+                 f"{len(diff.removed)} removed" if diff.removed else ""]
+        click.echo("Pending diff: " + ", ".join(p for p in parts if p))
+        for p in diff.added:
+            click.echo(f"  + {p.nevra}")
+        for old, new in diff.upgraded:
+            click.echo(f"  ~ {old.nevra} -> {new.nevra}")
+        for p in diff.removed:
+            click.echo(f"  - {p.nevra}")
+
+
+def main() -> None:
+    cli(prog_name="lulayer")

@@ -1,0 +1,258 @@
+"""Access to an OSTree sysroot: the running host's or a folder's.
+
+A folder sysroot (``--sysroot DIR``) is an OSTree sysroot that is not the
+running system; its booted deployment is named by the marker
+``DIR/run/lulayer/booted`` (one line: the deployment's folder relative to DIR)
+and its live root is that folder. Without ``--sysroot`` lulayer works on the
+running system, whose booted deployment libostree finds itself.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import gi
+
+gi.require_version("OSTree", "1.0")
+from gi.repository import Gio, GLib, OSTree  # noqa: E402
+
+from lulayer.errors import SysrootError  # noqa: E402
+
+BOOTED_MARKER = Path("run/lulayer/booted")
+
+
+@dataclass(frozen=True)
+class Origin:
+    """The parts of a deployment's .origin that lulayer reads and writes.
+
+    The keys are rpm-ostree's (rust/src/origin.rs), so either tool reads the
+    other's: ``[origin] refspec`` when nothing is layered, ``baserefspec`` when
+    something is, ``[packages] requested``.
+    """
+
+    refspec: str
+    requested: tuple[str, ...] = ()
+    keyfile_data: str = ""
+
+    @classmethod
+    def from_keyfile(cls, kf: GLib.KeyFile) -> Origin:
+        refspec = _keyfile_get(kf, "origin", "baserefspec") or _keyfile_get(kf, "origin", "refspec")
+        if not refspec:
+            raise SysrootError(
+                "the deployment's .origin has no [origin] refspec or baserefspec",
+                hint="repair the .origin file beside the deployment",
+            )
+        try:
+            requested = tuple(p for p in kf.get_string_list("packages", "requested") if p)
+        except GLib.Error:
+            requested = ()
+        data, _ = kf.to_data()
+        return cls(refspec=refspec, requested=requested, keyfile_data=data)
+
+    def with_requested(self, requested: Sequence[str]) -> Origin:
+        return Origin(self.refspec, tuple(sorted(set(requested))), self.keyfile_data)
+
+    def to_keyfile(self) -> GLib.KeyFile:
+        """The origin as a key file, keeping every key lulayer does not own."""
+        kf = GLib.KeyFile()
+        if self.keyfile_data:
+            kf.load_from_data(self.keyfile_data, len(self.keyfile_data.encode()), GLib.KeyFileFlags.KEEP_COMMENTS)
+        for key in ("refspec", "baserefspec"):
+            _keyfile_remove(kf, "origin", key)
+        if self.requested:
+            kf.set_string("origin", "baserefspec", self.refspec)
+            kf.set_string_list("packages", "requested", list(self.requested))
+        else:
+            kf.set_string("origin", "refspec", self.refspec)
+            _keyfile_remove(kf, "packages", "requested")
+        return kf
+
+
+def _keyfile_get(kf: GLib.KeyFile, group: str, key: str) -> str | None:
+    try:
+        value: str = kf.get_string(group, key)
+    except GLib.Error:
+        return None
+    return value
+
+
+def _keyfile_remove(kf: GLib.KeyFile, group: str, key: str) -> None:
+    try:
+        kf.remove_key(group, key)
+    except GLib.Error:
+        pass
+
+
+@dataclass(frozen=True)
+class Deployment:
+    osname: str
+    checksum: str
+    serial: int
+    index: int
+    path: Path
+    origin: Origin
+    booted: bool
+    staged: bool
+
+    @property
+    def name(self) -> str:
+        """The deployment's folder name, CHECKSUM.SERIAL."""
+        return f"{self.checksum}.{self.serial}"
+
+    @property
+    def id(self) -> str:
+        """rpm-ostree's deployment id, OSNAME-CHECKSUM.SERIAL."""
+        return f"{self.osname}-{self.name}"
+
+
+class Sysroot:
+    """An opened sysroot. ``folder`` is True for ``--sysroot DIR``."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.folder = path is not None
+        self.path = (path or Path("/")).resolve()
+        if self.folder and not (self.path / "ostree" / "repo").is_dir():
+            raise SysrootError(
+                f"{self.path} is not an OSTree sysroot: it has no ostree/repo",
+                hint="point --sysroot at a folder made by `ostree admin init-fs`",
+            )
+        if self.folder:
+            self.ostree = OSTree.Sysroot.new(Gio.File.new_for_path(str(self.path)))
+        else:
+            if not Path("/run/ostree-booted").exists():
+                raise SysrootError(
+                    "this system was not booted from an OSTree deployment",
+                    hint="use --sysroot DIR to work on a folder sysroot",
+                )
+            self.ostree = OSTree.Sysroot.new_default()
+        self.reload()
+
+    def reload(self) -> None:
+        try:
+            self.ostree.load(None)
+        except GLib.Error as e:
+            raise SysrootError(f"cannot load the sysroot at {self.path}: {e.message}") from e
+        _, self.repo = self.ostree.get_repo(None)
+        self._booted_name = self._find_booted()
+
+    @property
+    def run_dir(self) -> Path:
+        return self.path / "run" if self.folder else Path("/run")
+
+    def var_dir(self, osname: str) -> Path:
+        return self.path / "ostree" / "deploy" / osname / "var"
+
+    def _find_booted(self) -> str | None:
+        if not self.folder:
+            booted = self.ostree.get_booted_deployment()
+            return f"{booted.get_csum()}.{booted.get_deployserial()}" if booted else None
+        marker = self.path / BOOTED_MARKER
+        try:
+            rel = marker.read_text().strip()
+        except FileNotFoundError:
+            raise SysrootError(
+                f"{marker} is missing: no deployment is marked booted in this folder sysroot",
+                hint=f"write the booted deployment's folder, relative to {self.path}, into it",
+            ) from None
+        target = (self.path / rel).resolve()
+        for d in self.ostree.get_deployments():
+            if (self.path / self.ostree.get_deployment_dirpath(d)).resolve() == target:
+                return f"{d.get_csum()}.{d.get_deployserial()}"
+        raise SysrootError(
+            f"{marker} names {rel!r}, which is not a deployment of this sysroot",
+            hint="point it at one of the folders under ostree/deploy/OSNAME/deploy/",
+        )
+
+    def _wrap(self, index: int, d: OSTree.Deployment) -> Deployment:
+        name = f"{d.get_csum()}.{d.get_deployserial()}"
+        kf = d.get_origin()
+        if kf is None:
+            raise SysrootError(f"deployment {name} has no .origin file", hint="redeploy it with ostree admin deploy")
+        return Deployment(
+            osname=d.get_osname(),
+            checksum=d.get_csum(),
+            serial=d.get_deployserial(),
+            index=index,
+            path=self.path / self.ostree.get_deployment_dirpath(d),
+            origin=Origin.from_keyfile(kf),
+            booted=name == self._booted_name,
+            staged=d.is_staged(),
+        )
+
+    def deployments(self) -> tuple[Deployment, ...]:
+        """Every deployment, in boot order (index 0 boots next)."""
+        return tuple(self._wrap(i, d) for i, d in enumerate(self.ostree.get_deployments()))
+
+    def ostree_deployments(self) -> list[OSTree.Deployment]:
+        return list(self.ostree.get_deployments())
+
+    def booted(self) -> Deployment:
+        for d in self.deployments():
+            if d.booted:
+                return d
+        raise SysrootError(
+            "no booted deployment found",
+            hint="on a folder sysroot, write the booted marker run/lulayer/booted",
+        )
+
+    def pending(self) -> Deployment | None:
+        """The deployment that boots next, when it is not the booted one."""
+        deps = self.deployments()
+        if deps and not deps[0].booted:
+            return deps[0]
+        return None
+
+    def rollback(self) -> Deployment | None:
+        """The first deployment after the booted one in boot order."""
+        seen_booted = False
+        for d in self.deployments():
+            if seen_booted:
+                return d
+            seen_booted = d.booted
+        return None
+
+    def merge_deployment(self) -> Deployment:
+        """What a new deployment builds on: the pending one, else the booted one."""
+        return self.pending() or self.booted()
+
+    def deployment_state_dir(self, d: Deployment) -> Path:
+        """Where state that must not outlive a boot goes (rpm-ostree's stamp folder)."""
+        return self.run_dir / "ostree" / "deployment-state" / d.name
+
+    def ostree_deployment(self, d: Deployment) -> OSTree.Deployment:
+        for od in self.ostree.get_deployments():
+            if od.get_csum() == d.checksum and od.get_deployserial() == d.serial:
+                return od
+        raise SysrootError(f"deployment {d.name} is gone", hint="run `lulayer status` and retry")
+
+
+def resolve_ref(repo: OSTree.Repo, refspec: str) -> str:
+    """The commit a refspec (``remote:ref`` or ``ref``) points at in the local repository."""
+    try:
+        _, rev = repo.resolve_rev(refspec, False)
+        if rev is None and ":" in refspec:
+            _, rev = repo.resolve_rev(refspec.split(":", 1)[1], False)
+    except GLib.Error as e:
+        raise SysrootError(f"cannot resolve {refspec!r} in the repository: {e.message}") from e
+    result: str = rev
+    return result
+
+
+def commit_metadata(repo: OSTree.Repo, checksum: str) -> dict[str, object]:
+    _, commit = repo.load_variant(OSTree.ObjectType.COMMIT, checksum)
+    meta: dict[str, object] = commit.get_child_value(0).unpack()
+    return meta
+
+
+def commit_parent(repo: OSTree.Repo, checksum: str) -> str | None:
+    _, commit = repo.load_variant(OSTree.ObjectType.COMMIT, checksum)
+    parent: str | None = OSTree.commit_get_parent(commit)
+    return parent
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise SysrootError("lulayer must run as root to change deployments", hint="run it with sudo")

@@ -1,0 +1,71 @@
+"""A real rpm transaction into a tree, with python3-rpm.
+
+Scriptlets run chrooted in the tree (rpm does that for a non-/ root). A
+scriptlet that fails fails the transaction, as in rpm-ostree: a half-run %post
+in an image is worse than no image.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
+
+import rpm
+
+from lulayer.errors import ComposeError
+from lulayer.rpmdb.db import dbpath_macro
+
+
+def install_rpms(root: Path, dbpath: PurePosixPath, rpm_paths: Sequence[Path]) -> None:
+    """Install rpm_paths into root, whose rpmdb is at dbpath, in one transaction."""
+    with dbpath_macro(dbpath):
+        ts = rpm.TransactionSet(str(root))
+        # Digests and signatures were checked against the repository before we got here.
+        ts.setVSFlags(rpm._RPMVSF_NOSIGNATURES | rpm._RPMVSF_NODIGESTS)
+        fds: dict[str, int] = {}
+        try:
+            for path in rpm_paths:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                fds[str(path)] = fd
+                try:
+                    hdr = ts.hdrFromFdno(fd)
+                except rpm.error as e:
+                    raise ComposeError(f"{path.name} is not a readable RPM: {e}") from e
+                os.lseek(fd, 0, os.SEEK_SET)
+                ts.addInstall(hdr, str(path), "u")
+            unresolved = ts.check()
+            if unresolved:
+                raise ComposeError("rpm found unmet dependencies: " + "; ".join(_dep_problem(p) for p in unresolved))
+            ts.order()
+            script_errors: list[str] = []
+
+            def callback(what: int, amount: int, total: int, key: object, _data: object) -> int | None:
+                # Every fd was opened before rpm chroots into the tree.
+                if what == rpm.RPMCALLBACK_INST_OPEN_FILE:
+                    fd = fds[str(key)]
+                    os.lseek(fd, 0, os.SEEK_SET)
+                    return fd
+                if what == rpm.RPMCALLBACK_SCRIPT_ERROR:
+                    script_errors.append(f"{key}: scriptlet failed (exit {total})")
+                return None
+
+            problems = ts.run(callback, None)
+            if problems:
+                raise ComposeError("rpm transaction failed: " + "; ".join(str(p) for p in problems),
+                                   hint="a package conflicts with a file of the base image or another package")
+            if script_errors:
+                raise ComposeError("; ".join(script_errors), hint="the package's scriptlet must succeed in the image")
+        finally:
+            ts.closeDB()
+            for fd in fds.values():
+                os.close(fd)
+
+
+def _dep_problem(p: object) -> str:
+    # ts.check() gives ((name, ver, rel), (needname, needver), flags, suggest, sense)
+    try:
+        (name, ver, rel), (need, needver), *_ = p  # type: ignore[misc]
+        return f"{name}-{ver}-{rel} needs {need} {needver}".strip()
+    except (TypeError, ValueError):
+        return str(p)

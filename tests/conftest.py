@@ -1,0 +1,94 @@
+"""Test harness: a private mount namespace for the whole run, and the root marker.
+
+Every mount a test makes (live overlays, loop devices) is made in a mount
+namespace private to this pytest process, so none outlives the run or reaches
+the host, whichever way pytest was started.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+TOP = Path(__file__).resolve().parent.parent
+if str(TOP) not in sys.path:
+    sys.path.insert(0, str(TOP))
+
+CLONE_NEWNS = 0x00020000
+MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
+IS_ROOT = os.geteuid() == 0
+
+
+def _enter_private_mount_namespace() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWNS) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"unshare(CLONE_NEWNS): {os.strerror(err)}")
+    if libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"making / private: {os.strerror(err)}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if IS_ROOT and not os.environ.get("LULAYER_TEST_NAMESPACE"):
+        _enter_private_mount_namespace()
+        # Children (lulayer subprocesses) inherit it; mark it so nobody unshares twice.
+        os.environ["LULAYER_TEST_NAMESPACE"] = str(os.getpid())
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if IS_ROOT:
+        return
+    skip = pytest.mark.skip(reason="needs root: mounts, chroot and file ownership")
+    for item in items:
+        if "root" in item.keywords:
+            item.add_marker(skip)
+
+
+# --------------------------------------------------------------------------- fixtures
+# Real RPMs, repository and OSTree sysroots from fixtures/build.py (cached in
+# .cache/fixtures; the first run builds them, later runs reuse them).
+
+from fixtures import build as fixture_build  # noqa: E402  (needs TOP on sys.path)
+
+
+@pytest.fixture(scope="session")
+def fixture_rpms() -> Path:
+    """The folder of every built fixture RPM (fixtures/specs/*.spec)."""
+    return fixture_build.build_rpms()
+
+
+@pytest.fixture(scope="session")
+def fixture_repo() -> Path:
+    """The default rpm-md repository (shared and cached: never change it; make your own
+    with fixture_build.make_repo(tmp_path / "repo", ...) to add upgrademe-2.0)."""
+    return fixture_build.fixture_repo()
+
+
+@pytest.fixture
+def make_sysroot(tmp_path: Path) -> Iterator[Callable[..., Path]]:
+    """Factory: make_sysroot(extra_files=0) returns a fresh OSTree folder sysroot, a
+    clone of the cached template, removed (unmounted, chattr -i) after the test."""
+    made: list[Path] = []
+
+    def make(extra_files: int = 0) -> Path:
+        dest = tmp_path / f"sysroot{len(made) or ''}"
+        made.append(dest)
+        return fixture_build.clone_sysroot(fixture_build.sysroot_template(extra_files), dest)
+
+    yield make
+    for path in reversed(made):
+        fixture_build.remove_sysroot(path)
+
+
+@pytest.fixture
+def sysroot(make_sysroot: Callable[..., Path]) -> Path:
+    """A fresh base OSTree folder sysroot at tmp_path/sysroot, booted into its only
+    deployment (see fixture_build.booted_deployment)."""
+    return make_sysroot()
