@@ -7,7 +7,7 @@ import os
 from gi.repository import GLib
 
 from lulayer.errors import SysrootError
-from lulayer.fsutil import remove_tree_at
+from lulayer.fsutil import opened_dir, remove_tree_at
 from lulayer.layering.deploy import remove
 from lulayer.layering.layer import base_commit_of
 from lulayer.sysroot import Sysroot
@@ -16,14 +16,11 @@ from lulayer.sysroot import Sysroot
 def _remove_children(parent: str, keep: set[str]) -> list[str]:
     if not os.path.isdir(parent):
         return []
-    fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
+    with opened_dir(parent) as fd:
         gone = [n for n in os.listdir(fd) if n not in keep]
         for name in gone:
             remove_tree_at(fd, name)
         return gone
-    finally:
-        os.close(fd)
 
 
 def cleanup(sysroot: Sysroot, *, pending: bool, rollback: bool, repomd: bool) -> list[str]:

@@ -29,7 +29,7 @@ gi.require_version("OSTree", "1.0")
 from gi.repository import Gio, GLib, OSTree  # noqa: E402
 
 from lulayer.errors import ComposeError, LulayerError  # noqa: E402
-from lulayer.fsutil import remove_tree_at  # noqa: E402
+from lulayer.fsutil import opened_dir, remove_path, remove_tree_at  # noqa: E402
 from lulayer.rpmdb.db import Package  # noqa: E402
 from lulayer.run import run  # noqa: E402
 
@@ -60,13 +60,10 @@ def clean_stale_scratch(repo_path: Path) -> None:
     tmp = scratch_root(repo_path)
     if not tmp.is_dir():
         return
-    fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
+    with opened_dir(tmp) as fd:
         for name in os.listdir(fd):
             if name.startswith(SCRATCH_PREFIX):
                 remove_tree_at(fd, name)
-    finally:
-        os.close(fd)
 
 
 def compose(repo: OSTree.Repo, repo_path: Path, req: ComposeRequest) -> str:
@@ -94,11 +91,7 @@ def compose(repo: OSTree.Repo, repo_path: Path, req: ComposeRequest) -> str:
             raise ComposeError(f"composing the new tree failed: {msg}")
         return _commit_upper(repo, req, dirs["upper-root"], dirs["upper-etc"])
     finally:
-        parent = os.open(scratch.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            remove_tree_at(parent, scratch.name)
-        finally:
-            os.close(parent)
+        remove_path(scratch)
 
 
 def _is_whiteout(st: os.stat_result) -> bool:
@@ -208,7 +201,7 @@ def _mount(*args: str) -> None:
 
 
 def _worker(job: dict[str, object]) -> None:
-    from lulayer.rpmdb.transaction import install_rpms
+    from lulayer.rpmdb.transaction import install_rpms, make_readonly_safe
 
     lower, merged = str(job["lower"]), Path(str(job["merged"]))
     # metacopy and redirects off: the upper layer must hold whole files and
@@ -231,7 +224,9 @@ def _worker(job: dict[str, object]) -> None:
         target.touch()
         _mount("--bind", f"/dev/{node}", str(target))
     rpms = [Path(str(p)) for p in job["rpms"]]  # type: ignore[attr-defined]
-    install_rpms(merged, PurePosixPath(str(job["dbpath"])), rpms)
+    dbpath = PurePosixPath(str(job["dbpath"]))
+    install_rpms(merged, dbpath, rpms)
+    make_readonly_safe(merged, dbpath)
 
 
 def main() -> None:

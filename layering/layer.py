@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath
 from gi.repository import GLib, OSTree
 
 from lulayer.errors import LulayerError, ResolveError
+from lulayer.fsutil import remove_path
 from lulayer.layering import compose as composer
 from lulayer.layering.deploy import deploy
 from lulayer.layering.resolver import (
@@ -93,13 +94,7 @@ def base_checkout(sysroot: Sysroot, base_commit: str) -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     tmp = cache / f".{base_commit}.tmp"
     if tmp.exists():
-        from lulayer.fsutil import remove_tree_at
-
-        fd = os.open(cache, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            remove_tree_at(fd, tmp.name)
-        finally:
-            os.close(fd)
+        remove_path(tmp)
     opts = OSTree.RepoCheckoutAtOptions()
     opts.mode = OSTree.RepoCheckoutMode.NONE
     try:

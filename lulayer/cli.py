@@ -47,7 +47,8 @@ def _progress() -> Callable[[str, int, int], None] | None:
 
 
 @contextmanager
-def _locked(ctx: Context, *, write: bool = True) -> Iterator[Any]:
+def _locked(ctx: Context, *, write: bool = True, finish_live: bool = True) -> Iterator[Any]:
+    """The sysroot, locked for writing; a live update a killed run left is finished first."""
     from lulayer.lock import sysroot_lock
     from lulayer.sysroot import Sysroot, require_root
 
@@ -58,6 +59,12 @@ def _locked(ctx: Context, *, write: bool = True) -> Iterator[Any]:
         yield sysroot
         return
     with sysroot_lock(sysroot, on_wait=_say):
+        if finish_live:
+            from lulayer.apply.live import finish_interrupted
+
+            done = finish_interrupted(sysroot, _say)
+            if done is not None:
+                _print_live(done)
         yield sysroot
 
 
@@ -101,46 +108,99 @@ def _print_changes(result: Any, where: str) -> None:
         click.echo(f"Changes queued for the {where}. Run `systemctl reboot` to start using them.")
 
 
+def _print_live(r: Any) -> None:
+    if r.noop:
+        click.echo("Live: nothing to apply; the live /usr already is the target.")
+        return
+    for p in r.changes.added:
+        click.echo(f"  Live added: {p.nevra}")
+    for old, new in r.changes.upgraded:
+        click.echo(f"  Live replaced: {old.nevra} -> {new.nevra}")
+    for p in r.changes.removed:
+        click.echo(f"  Live removed: {p.nevra}")
+    click.echo(f"Live update applied: {r.added} files added, {r.changed} replaced, {r.removed} removed; "
+               f"rpmdb {r.rpmdb}.")
+    for path in r.etc_added:
+        click.echo(f"  Added config: {path}")
+    for note in r.notes:
+        click.echo(f"  Note: {note}")
+    if r.units:
+        click.echo("Units changed (restart the services that use them): " + " ".join(r.units))
+
+
+def _live_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option("--allow-replacement", is_flag=True,
+                     help="With --live: allow replacing or removing existing files and packages.")(f)
+    return click.option("-A", "--live", "--apply-live", "live", is_flag=True,
+                        help="Also apply the change to the running system, without a reboot.")(f)
+
+
+def _layer(ctx: Context, op: str, live: bool, allow_replacement: bool, **kwargs: Any) -> None:
+    from lulayer.layering.layer import Layering
+
+    with _locked(ctx) as sysroot:
+        result = getattr(Layering(sysroot, progress=_progress(), say=_say), op)(**kwargs)
+        _print_changes(result, "next boot")
+        if live and not result.dry_run:
+            from lulayer.apply.live import apply_live
+
+            target = sysroot.deployments()[0].checksum
+            _print_live(apply_live(sysroot, target, allow_replacement=allow_replacement,
+                                   allow_removal=op == "uninstall", say=_say))
+
+
 @cli.command()
 @click.argument("packages", nargs=-1, required=True)
 @click.option("-n", "--dry-run", is_flag=True, help="Resolve and show the changes; change nothing.")
 @click.option("--idempotent", is_flag=True, help="Do nothing when a package is already requested.")
+@_live_options
 @click.pass_obj
-def install(ctx: Context, packages: tuple[str, ...], dry_run: bool, idempotent: bool) -> None:
-    """Layer PACKAGES onto the image, for the next boot."""
-    from lulayer.layering.layer import Layering
-
-    with _locked(ctx) as sysroot:
-        result = Layering(sysroot, progress=_progress(), say=_say).install(
-            packages, dry_run=dry_run, idempotent=idempotent)
-    _print_changes(result, "next boot")
+def install(ctx: Context, packages: tuple[str, ...], dry_run: bool, idempotent: bool, live: bool,
+            allow_replacement: bool) -> None:
+    """Layer PACKAGES onto the image, for the next boot (and now, with --live)."""
+    _layer(ctx, "install", live, allow_replacement, names=packages, dry_run=dry_run, idempotent=idempotent)
 
 
 @cli.command()
 @click.argument("packages", nargs=-1)
 @click.option("-a", "--all", "remove_all", is_flag=True, help="Remove every layered package.")
 @click.option("-n", "--dry-run", is_flag=True, help="Show the changes; change nothing.")
+@_live_options
 @click.pass_obj
-def uninstall(ctx: Context, packages: tuple[str, ...], remove_all: bool, dry_run: bool) -> None:
+def uninstall(ctx: Context, packages: tuple[str, ...], remove_all: bool, dry_run: bool, live: bool,
+              allow_replacement: bool) -> None:
     """Remove layered PACKAGES (no names, or --all: every layered package)."""
-    from lulayer.layering.layer import Layering
-
-    with _locked(ctx) as sysroot:
-        result = Layering(sysroot, progress=_progress(), say=_say).uninstall(
-            packages, remove_all=remove_all, dry_run=dry_run)
-    _print_changes(result, "next boot")
+    _layer(ctx, "uninstall", live, allow_replacement, names=packages, remove_all=remove_all, dry_run=dry_run)
 
 
 @cli.command()
 @click.option("-n", "--dry-run", is_flag=True, help="Show the changes; change nothing.")
+@_live_options
 @click.pass_obj
-def upgrade(ctx: Context, dry_run: bool) -> None:
+def upgrade(ctx: Context, dry_run: bool, live: bool, allow_replacement: bool) -> None:
     """Newest base commit of the origin's ref, layered packages at their newest versions."""
-    from lulayer.layering.layer import Layering
+    _layer(ctx, "upgrade", live, allow_replacement, dry_run=dry_run)
 
-    with _locked(ctx) as sysroot:
-        result = Layering(sysroot, progress=_progress(), say=_say).upgrade(dry_run=dry_run)
-    _print_changes(result, "next boot")
+
+@cli.command("apply-live")
+@click.option("--reset", is_flag=True, help="Return the live /usr to the booted commit.")
+@click.option("--allow-replacement", is_flag=True, help="Allow replacing or removing existing files and packages.")
+@click.pass_obj
+def apply_live_cmd(ctx: Context, reset: bool, allow_replacement: bool) -> None:
+    """Apply the pending deployment to the running system, without a reboot."""
+    from lulayer.apply.live import apply_live, reset as live_reset
+    from lulayer.errors import LiveApplyError
+
+    with _locked(ctx, finish_live=not reset) as sysroot:
+        if reset:
+            r = live_reset(sysroot, _say)
+            click.echo(f"Live /usr reset to the booted commit {r.target[:12]}.")
+            return
+        pending = sysroot.pending()
+        if pending is None:
+            raise LiveApplyError("there is no pending deployment to apply",
+                                 hint="make one with `lulayer install PKG`, or pass --reset")
+        _print_live(apply_live(sysroot, pending.checksum, allow_replacement=allow_replacement, say=_say))
 
 
 @cli.command()

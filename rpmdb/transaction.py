@@ -8,6 +8,7 @@ in an image is worse than no image.
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
@@ -69,3 +70,21 @@ def _dep_problem(p: object) -> str:
         return f"{name}-{ver}-{rel} needs {need} {needver}".strip()
     except (TypeError, ValueError):
         return str(p)
+
+
+def make_readonly_safe(root: Path, dbpath: PurePosixPath) -> None:
+    """Leave an sqlite rpmdb in rollback-journal mode, as rpm-ostree does.
+
+    rpm writes in WAL mode, and a WAL database cannot be opened at all on a
+    read-only file system, which is what /usr is on an OSTree system.
+    """
+    db = root / str(dbpath).lstrip("/") / "rpmdb.sqlite"
+    if not db.exists():
+        return
+    conn = sqlite3.connect(db)
+    try:
+        mode = conn.execute("PRAGMA journal_mode=DELETE").fetchone()[0]
+    finally:
+        conn.close()
+    if mode != "delete":
+        raise ComposeError(f"cannot switch {db} out of WAL mode (journal_mode is {mode})")

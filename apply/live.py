@@ -1,0 +1,476 @@
+"""Live apply: make the booted system's /usr hold the target commit's /usr, now.
+
+The transaction, after the design this project comes from:
+  1. the caller holds the sysroot lock and has made the target deployment;
+  2. the booted deployment's own checkout is never written: changes go to a
+     transient overlay on its /usr, so the booted commit stays a pristine
+     rollback target;
+  3. "in progress, target = COMMIT" is recorded before /usr is touched;
+  4. the diff of the live commit against the target, from content checksums,
+     is applied: the new-file set (parents first), then changed files (each
+     written beside its target and renamed over it), then the rpmdb, built
+     whole as NAME.new and swapped in with renameat2(RENAME_EXCHANGE), then
+     removals;
+  5. /etc gains the target's new config files that it lacks;
+  6. "done, live = target" is recorded.
+Interrupted anywhere, the same call finishes it: every step is idempotent.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import signal
+import stat
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from gi.repository import Gio, GLib
+
+from lulayer.apply import state as live_state
+from lulayer.apply.diff import DirEntry, FileEntry, TreeDiff, diff_commits, read_dir_meta, read_file_object
+from lulayer.apply.overlay import (
+    MountInfo,
+    is_overlay_with_redirect_dir,
+    mount_at,
+    mount_overlay,
+    overlay_dirs,
+    unmount,
+)
+from lulayer.errors import LiveApplyError
+from lulayer.fsutil import (
+    RENAME_EXCHANGE,
+    remove_path,
+    remove_tree_at,
+    renameat2,
+    suppress_errno,
+    write_file_atomic,
+)
+from lulayer.layering.layer import PackageChanges
+from lulayer.rpmdb.db import commit_packages, tree_dbpath
+from lulayer.run import run
+from lulayer.sysroot import Deployment, Sysroot
+
+MS_RDONLY = 1
+MS_REMOUNT = 32
+MS_BIND = 4096
+FAULT_ENV = "LULAYER_TEST_FAULT"  # set only by tests: SIGKILL ourselves at that step
+STEPS = ("marked", "overlay", "files-half", "files", "rpmdb-new", "exchanged", "removed", "etc")
+_TMP_RE = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")
+_UNIT_DIRS = ("/usr/lib/systemd/system/", "/usr/lib/systemd/user/")
+
+
+def _fault(step: str) -> None:
+    if os.environ.get(FAULT_ENV) == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@dataclass(frozen=True)
+class LiveResult:
+    source: str
+    target: str
+    changes: PackageChanges
+    added: int = 0
+    changed: int = 0
+    removed: int = 0
+    rpmdb: str = "unchanged"
+    etc_added: tuple[str, ...] = ()
+    units: tuple[str, ...] = ()
+    resumed: bool = False
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def noop(self) -> bool:
+        return self.source == self.target and not self.resumed
+
+
+def live_root(sysroot: Sysroot, booted: Deployment) -> Path:
+    """The root the booted system runs in: the deployment folder, or / on a host."""
+    return booted.path if sysroot.folder else Path("/")
+
+
+def backing_dir(sysroot: Sysroot, booted: Deployment) -> Path:
+    return sysroot.path / "ostree" / "deploy" / booted.osname / "backing" / booted.name / "lulayer-live"
+
+
+def _libc_mount(target: Path, flags: int) -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(None, os.fsencode(target), None, flags, None) != 0:
+        err = ctypes.get_errno()
+        raise LiveApplyError(f"cannot remount {target}: {os.strerror(err)}")
+
+
+@contextmanager
+def writable_usr(sysroot: Sysroot, booted: Deployment) -> Iterator[tuple[Path, bool]]:
+    """The live /usr as a writable overlay for the block; read-only to everyone after.
+
+    Yields the path and whether the overlay can exchange directories
+    (redirect_dir=on). An overlay someone else mounted (`ostree admin unlock`)
+    is used as it is.
+    """
+    usr = live_root(sysroot, booted) / "usr"
+    info = mount_at(usr)
+    if info is None or info.fstype != "overlay":
+        back = backing_dir(sysroot, booted)
+        if back.exists():  # an upper layer from an earlier boot: /usr is pristine again
+            remove_path(back)
+        (back / "upper").mkdir(parents=True)
+        (back / "work").mkdir()
+        mount_overlay(usr, usr, back / "upper", back / "work", redirect_dir=True)
+        info = mount_at(usr)
+    if info is None:
+        raise LiveApplyError(f"the overlay on {usr} vanished", hint="run `lulayer apply-live` again")
+    ours = _is_ours(sysroot, booted, info)
+    if "ro" in info.options:
+        _libc_mount(usr, MS_REMOUNT | MS_BIND)
+    try:
+        yield usr, is_overlay_with_redirect_dir(info)
+    finally:
+        if ours:  # read-only to other processes between live applies, as ostree's transient unlock is
+            _libc_mount(usr, MS_REMOUNT | MS_BIND | MS_RDONLY)
+
+
+def _is_ours(sysroot: Sysroot, booted: Deployment, info: MountInfo) -> bool:
+    return info.fstype == "overlay" and overlay_dirs(info).upper == backing_dir(sysroot, booted) / "upper"
+
+
+class _Tree:
+    """Writes into a tree through directory fds, never following a symlink on the way."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._fds: dict[str, int] = {}
+        self._fds["/"] = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def dir_fd(self, rel: str) -> int:
+        rel = "/" + rel.strip("/") if rel.strip("/") else "/"
+        fd = self._fds.get(rel)
+        if fd is not None:
+            return fd
+        parent = self.dir_fd(str(PurePosixPath(rel).parent))
+        name = PurePosixPath(rel).name
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise LiveApplyError(f"{self.root}{rel} is not a directory (a symlink or file is in the way)",
+                                     hint="move it aside, then run `lulayer apply-live` again") from e
+            raise
+        self._fds[rel] = fd
+        return fd
+
+    def forget(self, rel: str) -> None:
+        for key in [k for k in self._fds if k == rel or k.startswith(rel + "/")]:
+            os.close(self._fds.pop(key))
+
+    def split(self, path: str) -> tuple[int, str]:
+        p = PurePosixPath(path)
+        return self.dir_fd(str(p.parent)), p.name
+
+
+def _rel(path: str, prefix: str) -> str:
+    """path relative to the tree mounted at prefix (/usr/bin/x under /usr is /bin/x)."""
+    return path[len(prefix):] or "/"
+
+
+class _Applier:
+    def __init__(self, sysroot: Sysroot, tree: _Tree, prefix: str) -> None:
+        self.repo = sysroot.repo
+        self.tree = tree
+        self.prefix = prefix
+
+    def make_dir(self, e: DirEntry) -> None:
+        meta = read_dir_meta(self.repo, e.meta_checksum)
+        parent, name = self.tree.split(_rel(e.path, self.prefix))
+        try:
+            os.mkdir(name, 0o700, dir_fd=parent)
+        except FileExistsError:
+            st = os.lstat(name, dir_fd=parent)
+            if not stat.S_ISDIR(st.st_mode):  # something else is where the directory goes
+                os.unlink(name, dir_fd=parent)
+                os.mkdir(name, 0o700, dir_fd=parent)
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        try:
+            os.fchown(fd, meta.uid, meta.gid)
+            os.fchmod(fd, stat.S_IMODE(meta.mode))
+            for k, v in meta.xattrs:
+                os.setxattr(fd, k, v)
+        finally:
+            os.close(fd)
+
+    def write_file(self, e: FileEntry, dest: tuple[int, str] | None = None) -> None:
+        obj = read_file_object(self.repo, e.checksum)
+        parent, name = dest or self.tree.split(_rel(e.path, self.prefix))
+        if obj.is_symlink:
+            tmp = f".{name[:200]}.{os.urandom(6).hex()}.tmp"
+            os.symlink(obj.symlink_target or "", tmp, dir_fd=parent)
+            os.chown(tmp, obj.uid, obj.gid, dir_fd=parent, follow_symlinks=False)
+            os.rename(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
+            return
+        write_file_atomic(parent, name, obj.write_content, mode=obj.mode, uid=obj.uid, gid=obj.gid,
+                          mtime=0, xattrs=obj.xattrs, sync_dir=False)
+
+    def remove_file(self, path: str) -> None:
+        try:
+            parent, name = self.tree.split(_rel(path, self.prefix))
+        except FileNotFoundError:
+            return
+        with suppress_errno(errno.ENOENT):
+            os.unlink(name, dir_fd=parent)
+
+    def remove_dir(self, path: str) -> None:
+        rel = _rel(path, self.prefix)
+        self.tree.forget(rel)
+        try:
+            parent, name = self.tree.split(rel)
+        except FileNotFoundError:
+            return
+        remove_tree_at(parent, name)
+
+
+def _commit_dir_files(sysroot: Sysroot, commit: str, path: PurePosixPath) -> list[FileEntry]:
+    """The files directly in path of commit, with their content checksums."""
+    _, root, _ = sysroot.repo.read_commit(commit, None)
+    d = root.resolve_relative_path(str(path).lstrip("/"))
+    out = []
+    try:
+        enum = d.enumerate_children("standard::name,standard::type", Gio.FileQueryInfoFlags.NOFOLLOW_SYMLINKS, None)
+        for info in enum:
+            if info.get_file_type() == Gio.FileType.DIRECTORY:
+                continue
+            child = d.get_child(info.get_name())
+            child.ensure_resolved()
+            out.append(FileEntry(f"{path}/{info.get_name()}", child.get_checksum()))
+    except GLib.Error as e:
+        raise LiveApplyError(f"commit {commit[:12]} has no {path}: {e.message}") from e
+    return out
+
+
+def _running_kernels(root: Path, folder: bool) -> set[str]:
+    if not folder:
+        return {os.uname().release}
+    mods = root / "usr" / "lib" / "modules"
+    return {p.name for p in mods.iterdir() if (p / "vmlinuz").exists()} if mods.is_dir() else set()
+
+
+def _check(diff: TreeDiff, changes: PackageChanges, kernels: set[str], *, allow_replacement: bool,
+           allow_removal: bool) -> None:
+    for kver in kernels:
+        if not diff.under(f"/usr/lib/modules/{kver}").is_empty:
+            raise LiveApplyError(f"the update changes the running kernel's /usr/lib/modules/{kver}",
+                                 hint="kernel changes need a reboot: `systemctl reboot`")
+    if allow_replacement:
+        return
+    replaced = [f"{o.nevra} -> {n.nevra}" for o, n in changes.upgraded]
+    removed = [] if allow_removal else [p.nevra for p in changes.removed]
+    if replaced or removed:
+        what = "; ".join(x for x in (
+            f"packages would be replaced: {', '.join(replaced)}" if replaced else "",
+            f"packages would be removed: {', '.join(removed)}" if removed else "") if x)
+        raise LiveApplyError(what, hint="pass --allow-replacement to apply it live, or reboot into it")
+    n_changed = len(diff.changed_files) + len(diff.changed_dirs)
+    n_removed = 0 if allow_removal else len(diff.removed_files) + len(diff.removed_dirs)
+    if n_changed or n_removed:
+        raise LiveApplyError(f"the update would change {n_changed} and remove {n_removed} existing files",
+                             hint="pass --allow-replacement to apply it live, or reboot into it")
+
+
+def _clean_temp_files(tree: _Tree, dirs: set[str]) -> None:
+    """Temp files a killed write left beside its target."""
+    for rel in dirs:
+        try:
+            fd = tree.dir_fd(rel)
+        except (FileNotFoundError, LiveApplyError):
+            continue
+        for name in os.listdir(fd):
+            if _TMP_RE.match(name):
+                with suppress_errno(errno.ENOENT):
+                    os.unlink(name, dir_fd=fd)
+
+
+def _exchange_rpmdb(sysroot: Sysroot, applier: _Applier, target: str, dbpath: PurePosixPath,
+                    exchange_ok: bool) -> str:
+    files = _commit_dir_files(sysroot, target, dbpath)
+    parent_rel = _rel(str(dbpath.parent), applier.prefix)
+    parent = applier.tree.dir_fd(parent_rel)
+    name, new = dbpath.name, dbpath.name + ".new"
+    remove_tree_at(parent, new)  # a half-built or old database from an interrupted run
+    if not exchange_ok:
+        # An overlay without redirect_dir cannot exchange a lower directory (EXDEV).
+        fd = applier.tree.dir_fd(_rel(str(dbpath), applier.prefix))
+        keep = {PurePosixPath(f.path).name for f in files}
+        for f in files:
+            applier.write_file(f, (fd, PurePosixPath(f.path).name))
+        for stale in set(os.listdir(fd)) - keep:
+            with suppress_errno(errno.ENOENT, errno.EISDIR):
+                os.unlink(stale, dir_fd=fd)
+        os.fsync(fd)
+        return "replaced file by file (the overlay on /usr has no redirect_dir)"
+    st = os.stat(name, dir_fd=parent)
+    os.mkdir(new, 0o700, dir_fd=parent)
+    fd = os.open(new, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+    try:
+        for f in files:
+            applier.write_file(f, (fd, PurePosixPath(f.path).name))
+        os.fchown(fd, st.st_uid, st.st_gid)
+        os.fchmod(fd, stat.S_IMODE(st.st_mode))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    _fault("rpmdb-new")
+    applier.tree.forget(_rel(str(dbpath), applier.prefix))
+    renameat2(parent, new, parent, name, RENAME_EXCHANGE)
+    os.fsync(parent)
+    _fault("exchanged")
+    remove_tree_at(parent, new)
+    os.fsync(parent)
+    return "exchanged atomically"
+
+
+def _add_etc(sysroot: Sysroot, root: Path, applier: _Applier, diff: TreeDiff) -> tuple[str, ...]:
+    """Config files new in the target's /usr/etc that /etc lacks; none is overwritten."""
+    etc_diff = diff.under("/usr/etc")
+    if not etc_diff.added_files:
+        return ()
+    etc = _Tree(root / "etc")
+    added = []
+    try:
+        etc_applier = _Applier(sysroot, etc, "/usr/etc")
+        for d in etc_diff.added_dirs:
+            parent, name = etc.split(_rel(d.path, "/usr/etc"))
+            if not os.path.lexists(os.path.join(f"/proc/self/fd/{parent}", name)):
+                etc_applier.make_dir(d)
+        for f in etc_diff.added_files:
+            parent, name = etc.split(_rel(f.path, "/usr/etc"))
+            if os.path.lexists(os.path.join(f"/proc/self/fd/{parent}", name)):
+                continue
+            etc_applier.write_file(f)
+            added.append("/etc" + _rel(f.path, "/usr/etc"))
+    finally:
+        etc.close()
+    return tuple(added)
+
+
+def _systemd(sysroot: Sysroot, diff: TreeDiff, say: Callable[[str], None]) -> tuple[str, ...]:
+    touched = sorted({PurePosixPath(p).name for p in diff.paths() if p.startswith(_UNIT_DIRS)})
+    if sysroot.folder or not touched:
+        return tuple(touched)
+    if Path("/run/systemd/system").is_dir():
+        run(["systemctl", "daemon-reload"])
+        if diff.added_files:
+            run(["systemd-sysusers"], check=False)
+            run(["systemd-tmpfiles", "--create"], check=False)
+    return tuple(touched)
+
+
+def reset(sysroot: Sysroot, say: Callable[[str], None]) -> LiveResult:
+    """Return the live /usr to the booted commit: drop the overlay and its upper layer."""
+    booted = sysroot.booted()
+    st = live_state.read_state(sysroot, booted)
+    usr = live_root(sysroot, booted) / "usr"
+    info = mount_at(usr)
+    source = st.inprogress or st.commit
+    changes = PackageChanges.between(
+        commit_packages(sysroot.repo, source, tree_dbpath(live_root(sysroot, booted))),
+        commit_packages(sysroot.repo, booted.checksum, tree_dbpath(live_root(sysroot, booted))),
+    ) if source != booted.checksum else PackageChanges()
+    if info is not None and _is_ours(sysroot, booted, info):
+        # Lazily: processes running from the live /usr keep their files.
+        unmount(usr, lazy=True)
+    back = backing_dir(sysroot, booted)
+    if back.exists():
+        remove_path(back)
+    live_state.clear_state(sysroot, booted)
+    return LiveResult(source=source, target=booted.checksum, changes=changes, resumed=st.inprogress is not None)
+
+
+def apply_live(sysroot: Sysroot, target: str, *, allow_replacement: bool = False, allow_removal: bool = False,
+               say: Callable[[str], None] = lambda _m: None) -> LiveResult:
+    """Make the live /usr the target commit's; see the module docstring for the steps."""
+    booted = sysroot.booted()
+    st = live_state.read_state(sysroot, booted)
+    if st.inprogress and st.inprogress != target:
+        raise LiveApplyError(
+            f"a live update toward {st.inprogress[:12]} was interrupted",
+            hint="run `lulayer apply-live` to finish it, or `lulayer apply-live --reset`",
+        )
+    source = st.commit
+    resumed = st.inprogress is not None
+    if source == target and not resumed:
+        return LiveResult(source, target, PackageChanges())
+    root = live_root(sysroot, booted)
+    dbpath = tree_dbpath(root)
+    diff = diff_commits(sysroot.repo, source, target, "/usr")
+    changes = PackageChanges.between(commit_packages(sysroot.repo, source, dbpath),
+                                     commit_packages(sysroot.repo, target, dbpath))
+    files = diff.outside(str(dbpath))
+    rpmdb_changed = not diff.under(str(dbpath)).is_empty
+    if not resumed:  # a resumed update was checked when it began
+        _check(files, changes, _running_kernels(root, sysroot.folder),
+               allow_replacement=allow_replacement, allow_removal=allow_removal)
+    live_state.write_state(sysroot, booted, live_state.begin(st, target))
+    _fault("marked")
+    with writable_usr(sysroot, booted) as (usr, exchange_ok):
+        _fault("overlay")
+        tree = _Tree(usr)
+        try:
+            applier = _Applier(sysroot, tree, "/usr")
+            if resumed:
+                parents = {_rel(str(PurePosixPath(e.path).parent), "/usr")
+                           for e in (*files.added_files, *files.changed_files)}
+                _clean_temp_files(tree, parents)
+            added_paths = {e.path for e in (*files.added_dirs, *files.added_files)}
+            for path in files.removed_files:  # a file becoming a directory or back goes first
+                if path in added_paths:
+                    applier.remove_file(path)
+            for d in files.added_dirs:
+                applier.make_dir(d)
+            entries = (*files.added_files, *files.changed_files)
+            for i, f in enumerate(entries):
+                applier.write_file(f)
+                if i == len(entries) // 2:
+                    _fault("files-half")
+            os.sync()
+            _fault("files")
+            rpmdb = "unchanged"
+            if rpmdb_changed:
+                rpmdb = _exchange_rpmdb(sysroot, applier, target, dbpath, exchange_ok)
+            for path in files.removed_files:
+                applier.remove_file(path)
+            for path in files.removed_dirs:
+                applier.remove_dir(path)
+            os.sync()
+            _fault("removed")
+        finally:
+            tree.close()
+    etc_added = _add_etc(sysroot, root, applier, diff)
+    _fault("etc")
+    replaced = bool(files.changed_files or files.removed_files)
+    live_state.write_state(sysroot, booted, live_state.finish(st, target, replaced))
+    notes = () if exchange_ok or not rpmdb_changed else (f"rpmdb {rpmdb}",)
+    return LiveResult(
+        source=source, target=target, changes=changes,
+        added=len(files.added_files), changed=len(files.changed_files), removed=len(files.removed_files),
+        rpmdb=rpmdb, etc_added=etc_added, units=_systemd(sysroot, diff, say), resumed=resumed, notes=notes,
+    )
+
+
+def finish_interrupted(sysroot: Sysroot, say: Callable[[str], None]) -> LiveResult | None:
+    """Finish a live update a killed run left in progress, to the same target."""
+    booted = sysroot.booted()
+    st = live_state.read_state(sysroot, booted)
+    if st.inprogress is None:
+        live_state.drop_stale_refs(sysroot, booted)
+        return None
+    say(f"Finishing the interrupted live update to {st.inprogress[:12]}")
+    return apply_live(sysroot, st.inprogress, allow_replacement=True, allow_removal=True, say=say)

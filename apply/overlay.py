@@ -1,0 +1,224 @@
+"""Overlay mounts for live apply, and reading the mount table.
+
+The live overlay needs redirect_dir=on: without it overlayfs refuses to rename a
+directory that comes from the lower layer (EXDEV), and the live-apply swap of a
+directory with RENAME_EXCHANGE is exactly such a rename.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from lulayer.errors import LiveApplyError
+
+MNT_DETACH: Final = 2
+UMOUNT_NOFOLLOW: Final = 8
+# Legacy mount(2) data is one page; longer option strings are cut by the kernel.
+_MAX_MOUNT_DATA: Final = 4095
+_OVERLAY_PARAMS: Final = Path("/sys/module/overlay/parameters")
+_OCTAL: Final = re.compile(r"\\([0-7]{3})")
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
+                        ctypes.c_char_p]  # fmt: skip
+_libc.mount.restype = ctypes.c_int
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_libc.umount2.restype = ctypes.c_int
+
+
+@dataclass(frozen=True)
+class MountInfo:
+    """One line of /proc/self/mountinfo."""
+
+    mount_id: int
+    parent_id: int
+    mountpoint: Path
+    fstype: str
+    source: str
+    options: frozenset[str]  # per-mount options and super-block options, merged
+    root: str  # the path inside the file system that is mounted here
+
+    def option(self, key: str) -> str | None:
+        """The value of a key=value option, or None when it isn't set."""
+        prefix = key + "="
+        for o in self.options:
+            if o.startswith(prefix):
+                return o[len(prefix) :]
+        return None
+
+
+def _unescape(s: str) -> str:
+    # The kernel writes space, tab, newline and backslash as \ooo octal.
+    return _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), s)
+
+
+def _split_options(s: str) -> list[str]:
+    # Commas inside values are escaped too (\054), so splitting first is safe.
+    return [_unescape(o) for o in s.split(",") if o]
+
+
+def parse_mountinfo(text: str) -> list[MountInfo]:
+    out = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        fields = line.split(" ")
+        sep = fields.index("-", 6)
+        out.append(
+            MountInfo(
+                mount_id=int(fields[0]),
+                parent_id=int(fields[1]),
+                root=_unescape(fields[3]),
+                mountpoint=Path(_unescape(fields[4])),
+                fstype=_unescape(fields[sep + 1]),
+                source=_unescape(fields[sep + 2]),
+                options=frozenset(
+                    _split_options(fields[5]) + _split_options(" ".join(fields[sep + 3 :]))
+                ),
+            )
+        )
+    return out
+
+
+def mounts() -> list[MountInfo]:
+    """The mounts this process sees, in the kernel's order (parents first)."""
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        return parse_mountinfo(f.read())
+
+
+def mount_at(path: Path | str) -> MountInfo | None:
+    """The topmost mount whose mountpoint is exactly path."""
+    want = Path(os.path.realpath(path))
+    found = [m for m in mounts() if m.mountpoint == want]
+    if not found:
+        return None
+    # Stacked mounts: the top one is the one no other mount here sits on.
+    parents = {m.parent_id for m in found}
+    top = [m for m in found if m.mount_id not in parents]
+    return (top or found)[-1]
+
+
+def _module_default(param: str) -> bool:
+    # overlayfs shows an option in mountinfo only when it differs from the default.
+    try:
+        return (_OVERLAY_PARAMS / param).read_text().strip() == "Y"
+    except OSError:
+        return False
+
+
+def is_overlay_with_redirect_dir(info: MountInfo) -> bool:
+    """Whether info is an overlay that may rename lower directories (redirect_dir=on)."""
+    if info.fstype != "overlay":
+        return False
+    value = info.option("redirect_dir")
+    if value is None:
+        return _module_default("redirect_dir")
+    return value == "on"
+
+
+@dataclass(frozen=True)
+class OverlayDirs:
+    """The layers of an overlay mount."""
+
+    lower: tuple[Path, ...]  # topmost first
+    upper: Path | None  # None for a read-only overlay
+    work: Path | None
+
+
+def _split_layer_value(value: str, sep: str | None) -> list[str]:
+    # The kernel shows layer paths as they were given, with overlay's "\" escapes.
+    parts, cur, it = [], [], iter(value)
+    for ch in it:
+        if ch == "\\":
+            cur.append(next(it, ""))
+        elif ch == sep:
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    parts.append("".join(cur))
+    return parts
+
+
+def overlay_dirs(info: MountInfo) -> OverlayDirs:
+    """The lower, upper and work directories of an overlay mount."""
+    if info.fstype != "overlay":
+        raise ValueError(f"{info.mountpoint} is a {info.fstype} mount, not an overlay")
+    lower = info.option("lowerdir")
+    upper, work = info.option("upperdir"), info.option("workdir")
+    return OverlayDirs(
+        lower=tuple(Path(p) for p in _split_layer_value(lower, ":")) if lower else (),
+        upper=Path(_split_layer_value(upper, None)[0]) if upper else None,
+        work=Path(_split_layer_value(work, None)[0]) if work else None,
+    )
+
+
+def _escape_layer(path: Path) -> str:
+    # overlayfs splits its options on "," and lowerdir on ":"; both take a "\" escape.
+    return re.sub(r"([\\,:])", r"\\\1", os.fspath(path))
+
+
+def _check_dir(what: str, path: Path) -> os.stat_result:
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise LiveApplyError(f"overlay {what} {path}: {e.strerror}") from e
+    if not os.path.isdir(path):
+        raise LiveApplyError(f"overlay {what} {path} is not a directory")
+    return st
+
+
+def mount_overlay(
+    target: Path, lower: Path, upper: Path, work: Path, *, redirect_dir: bool = True
+) -> None:
+    """Mount an overlay of upper on lower at target, through mount(2).
+
+    index=off: an index ties upper to this exact lower, and live apply remounts the
+    same upper over a new lower. metacopy=off: a chmod/chown copies the whole file
+    up, so the upper layer holds complete files and can be read without the lower.
+    """
+    for what, p in [("target", target), ("lowerdir", lower)]:
+        _check_dir(what, p)
+    up, wk = _check_dir("upperdir", upper), _check_dir("workdir", work)
+    if up.st_dev != wk.st_dev:
+        raise LiveApplyError(
+            f"overlay workdir {work} is not on the same file system as upperdir {upper}"
+        )
+    opts = [
+        f"lowerdir={_escape_layer(lower.absolute())}",
+        f"upperdir={_escape_layer(upper.absolute())}",
+        f"workdir={_escape_layer(work.absolute())}",
+        f"redirect_dir={'on' if redirect_dir else 'off'}",
+        "index=off",
+        "metacopy=off",
+    ]
+    data = ",".join(opts).encode()
+    if len(data) > _MAX_MOUNT_DATA:
+        raise LiveApplyError(f"overlay options for {target} are too long ({len(data)} bytes)")
+    if _libc.mount(b"overlay", os.fsencode(target), b"overlay", 0, data) != 0:
+        err = ctypes.get_errno()
+        raise LiveApplyError(
+            f"cannot mount an overlay on {target}: {os.strerror(err)}",
+            hint="the kernel log (dmesg) says why overlayfs refused it",
+        )
+
+
+def unmount(target: Path, *, lazy: bool = False) -> None:
+    """Unmount target; lazy detaches it now and frees it when no longer busy."""
+    flags = UMOUNT_NOFOLLOW | (MNT_DETACH if lazy else 0)
+    if _libc.umount2(os.fsencode(target), flags) != 0:
+        err = ctypes.get_errno()
+        if err == errno.EBUSY:
+            raise LiveApplyError(
+                f"cannot unmount {target}: it is in use",
+                hint="stop what uses it, or unmount lazily",
+            )
+        if err == errno.EINVAL:
+            raise LiveApplyError(f"cannot unmount {target}: it is not a mount point")
+        raise LiveApplyError(f"cannot unmount {target}: {os.strerror(err)}")

@@ -1,0 +1,106 @@
+"""The live state of the booted deployment: what the live /usr is, and what is under way.
+
+It lives where it survives the process but not a reboot, beside rpm-ostree's
+own stamp: ``run/ostree/deployment-state/CHECKSUM.SERIAL/``. The commits it
+names are also held by refs (``lulayer/live-apply``,
+``lulayer/live-apply-inprogress``), so a repository prune never removes them
+while they are live; refs left from an earlier boot are ignored and dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, replace
+
+from gi.repository import GLib, OSTree
+
+from lulayer.errors import LiveApplyError
+from lulayer.fsutil import fsync_dir, opened_dir, write_file_atomic
+from lulayer.sysroot import Deployment, Sysroot
+
+STATE_FILE = "lulayer-live.json"
+# rpm-ostree's marker that the deployment has live changes (its status reads it).
+STAMP = "rpmostree-is-live.stamp"
+REF_LIVE = "lulayer/live-apply"
+REF_INPROGRESS = "lulayer/live-apply-inprogress"
+
+
+@dataclass(frozen=True)
+class LiveState:
+    booted: str  # the booted commit
+    commit: str  # what the live /usr holds now (the booted commit when nothing is live)
+    inprogress: str | None = None  # the target of an update that has not finished
+    replaced: bool = False  # files were changed or removed, not only added
+
+    @property
+    def live(self) -> bool:
+        return self.commit != self.booted or self.inprogress is not None
+
+    def to_json(self) -> dict[str, object]:
+        return {"commit": self.commit, "inprogress": self.inprogress, "replaced": self.replaced}
+
+
+def _set_ref(repo: OSTree.Repo, ref: str, commit: str | None) -> None:
+    try:
+        repo.set_ref_immediate(None, ref, commit, None)
+    except GLib.Error as e:
+        raise LiveApplyError(f"cannot write ref {ref}: {e.message}") from e
+
+
+def read_state(sysroot: Sysroot, booted: Deployment) -> LiveState:
+    path = sysroot.deployment_state_dir(booted) / STATE_FILE
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return LiveState(booted=booted.checksum, commit=booted.checksum)
+    except (OSError, ValueError) as e:
+        raise LiveApplyError(f"{path} is unreadable: {e}",
+                             hint="run `lulayer apply-live --reset` to return to the booted commit") from e
+    return LiveState(
+        booted=booted.checksum,
+        commit=str(data.get("commit") or booted.checksum),
+        inprogress=data.get("inprogress") or None,
+        replaced=bool(data.get("replaced")),
+    )
+
+
+def write_state(sysroot: Sysroot, booted: Deployment, state: LiveState) -> None:
+    """Record state durably: the file first, then the refs that keep its commits."""
+    d = sysroot.deployment_state_dir(booted)
+    d.mkdir(parents=True, exist_ok=True)
+    with opened_dir(d) as fd:
+        if not os.path.exists(d / STAMP):
+            write_file_atomic(fd, STAMP, b"")
+        write_file_atomic(fd, STATE_FILE, (json.dumps(state.to_json()) + "\n").encode())
+    fsync_dir(d.parent)
+    _set_ref(sysroot.repo, REF_INPROGRESS, state.inprogress)
+    _set_ref(sysroot.repo, REF_LIVE, state.commit if state.commit != state.booted else None)
+
+
+def clear_state(sysroot: Sysroot, booted: Deployment) -> None:
+    d = sysroot.deployment_state_dir(booted)
+    for name in (STATE_FILE, STAMP):
+        try:
+            os.unlink(d / name)
+        except FileNotFoundError:
+            pass
+    _set_ref(sysroot.repo, REF_INPROGRESS, None)
+    _set_ref(sysroot.repo, REF_LIVE, None)
+
+
+def drop_stale_refs(sysroot: Sysroot, booted: Deployment) -> None:
+    """Refs from a live update of an earlier boot keep commits nobody uses."""
+    if not (sysroot.deployment_state_dir(booted) / STATE_FILE).exists():
+        _, refs = sysroot.repo.list_refs("lulayer", None)
+        if refs:
+            clear_state(sysroot, booted)
+
+
+def begin(state: LiveState, target: str) -> LiveState:
+    return replace(state, inprogress=target)
+
+
+def finish(state: LiveState, target: str, replaced: bool) -> LiveState:
+    return LiveState(booted=state.booted, commit=target, inprogress=None,
+                     replaced=state.replaced or replaced)

@@ -1,0 +1,347 @@
+"""File-system helpers that work through directory fds.
+
+Everything here is written for trees that may share inodes with an OSTree
+repository (hardlinked checkouts): nothing writes through an existing file, and
+nothing follows a symlink out of the tree it was asked to work on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import platform
+import stat
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Final, cast
+
+AT_FDCWD: Final = -100
+RENAME_NOREPLACE: Final = 1 << 0
+RENAME_EXCHANGE: Final = 1 << 1
+
+_DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+# Raw syscall numbers, for a libc without the renameat2 wrapper (glibc < 2.28, old musl).
+_SYS_RENAMEAT2: Final = {"x86_64": 316, "aarch64": 276}
+# Overlay's own bookkeeping: copying it would make a copy claim to be an overlay layer.
+_SKIP_XATTR_PREFIXES: Final = ("trusted.overlay.",)
+_COPY_CHUNK: Final = 1 << 20
+
+StrPath = str | os.PathLike[str]
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+_Renameat2 = Callable[[int, bytes, int, bytes, int], int]
+
+
+def _syscall_renameat2(
+    olddirfd: int, oldname: bytes, newdirfd: int, newname: bytes, flags: int
+) -> int:
+    """renameat2 through syscall(2), for a libc without the wrapper (glibc < 2.28)."""
+    nr = _SYS_RENAMEAT2.get(platform.machine())
+    if nr is None:
+        ctypes.set_errno(errno.ENOSYS)
+        return -1
+    syscall = _libc.syscall
+    syscall.restype = ctypes.c_long
+    return int(
+        syscall(
+            ctypes.c_long(nr),
+            ctypes.c_int(olddirfd),
+            ctypes.c_char_p(oldname),
+            ctypes.c_int(newdirfd),
+            ctypes.c_char_p(newname),
+            ctypes.c_uint(flags),
+        )
+    )
+
+
+def _load_renameat2() -> _Renameat2:
+    try:
+        fn = _libc.renameat2
+    except AttributeError:
+        return _syscall_renameat2
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return cast(_Renameat2, fn)
+
+
+_renameat2 = _load_renameat2()
+
+
+@contextlib.contextmanager
+def suppress_errno(*errnos: int) -> Iterator[None]:
+    """Swallow an OSError whose errno is one of errnos; let every other error through."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in errnos:
+            raise
+
+
+def open_dir(path: StrPath, *, dir_fd: int | None = None, follow_symlinks: bool = True) -> int:
+    """Open a directory for use as a dir_fd; the caller closes it."""
+    flags = _DIR_FLAGS if follow_symlinks else _DIR_FLAGS | os.O_NOFOLLOW
+    return os.open(path, flags, dir_fd=dir_fd)
+
+
+@contextlib.contextmanager
+def opened_dir(
+    path: StrPath, *, dir_fd: int | None = None, follow_symlinks: bool = True
+) -> Iterator[int]:
+    """open_dir as a context manager that closes the fd."""
+    fd = open_dir(path, dir_fd=dir_fd, follow_symlinks=follow_symlinks)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def renameat2(
+    olddirfd: int, oldname: StrPath | bytes, newdirfd: int, newname: StrPath | bytes, flags: int
+) -> None:
+    """renameat2(2): RENAME_EXCHANGE swaps two entries atomically, RENAME_NOREPLACE refuses
+    to replace an existing target (EEXIST)."""
+    old, new = os.fsencode(oldname), os.fsencode(newname)
+    if _renameat2(olddirfd, old, newdirfd, new, flags) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), os.fsdecode(old), None, os.fsdecode(new))
+
+
+def fsync_dir(dirfd_or_path: int | StrPath) -> None:
+    """fsync a directory so the entries created or renamed in it are durable."""
+    if isinstance(dirfd_or_path, int):
+        os.fsync(dirfd_or_path)
+        return
+    with opened_dir(dirfd_or_path) as fd:
+        os.fsync(fd)
+
+
+def _check_name(name: str) -> None:
+    if not name or "/" in name or name in (".", ".."):
+        raise ValueError(f"not a single path component: {name!r}")
+
+
+def write_file_atomic(
+    dirfd: int,
+    name: str,
+    data: bytes | Callable[[int], object],
+    *,
+    mode: int = 0o644,
+    uid: int | None = None,
+    gid: int | None = None,
+    mtime: float | None = None,
+    xattrs: Sequence[tuple[str, bytes]] = (),
+    sync_dir: bool = True,
+) -> None:
+    """Replace dirfd/name with a new inode holding data, durably.
+
+    data is the content, or a function that writes it to the fd it is given.
+    A new file is always created and renamed over name: an existing name may be a
+    hardlink into an OSTree repository, and writing through it would corrupt the object.
+    """
+    _check_name(name)
+    tmp = f".{name[:200]}.{os.urandom(6).hex()}.tmp"
+    fd = os.open(
+        tmp,
+        os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW,
+        0o600,
+        dir_fd=dirfd,
+    )
+    try:
+        try:
+            if callable(data):
+                data(fd)
+            else:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+            if uid is not None or gid is not None:
+                os.fchown(fd, -1 if uid is None else uid, -1 if gid is None else gid)
+            # After chown: chown clears set-id bits and security.capability.
+            os.fchmod(fd, stat.S_IMODE(mode))
+            _write_xattrs(fd, list(xattrs))
+            if mtime is not None:
+                os.utime(fd, (mtime, mtime))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, name, src_dir_fd=dirfd, dst_dir_fd=dirfd)
+    except BaseException:
+        with suppress_errno(errno.ENOENT):
+            os.unlink(tmp, dir_fd=dirfd)
+        raise
+    if sync_dir:
+        os.fsync(dirfd)
+
+
+def remove_tree_at(dirfd: int, name: str) -> None:
+    """rm -rf dirfd/name without following symlinks; a missing name is not an error."""
+    _check_name(name)
+    try:
+        st = os.lstat(name, dir_fd=dirfd)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        with suppress_errno(errno.ENOENT):
+            os.unlink(name, dir_fd=dirfd)
+        return
+    try:
+        # O_NOFOLLOW: if name was swapped for a symlink since lstat, this fails (ELOOP/ENOTDIR).
+        fd = open_dir(name, dir_fd=dirfd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    try:
+        _empty_dir(fd)
+    finally:
+        os.close(fd)
+    with suppress_errno(errno.ENOENT):
+        os.rmdir(name, dir_fd=dirfd)
+
+
+def _empty_dir(fd: int) -> None:
+    with os.scandir(fd) as it:
+        entries = [(e.name, e.is_dir(follow_symlinks=False)) for e in it]
+    for name, is_dir in entries:
+        if is_dir:
+            remove_tree_at(fd, name)
+        else:
+            with suppress_errno(errno.ENOENT):
+                os.unlink(name, dir_fd=fd)
+
+
+def _fd_path(dirfd: int, name: str) -> str:
+    # The xattr calls have no dir_fd form; /proc/self/fd/N/name resolves name in that
+    # directory, and follow_symlinks=False then applies to name itself.
+    return f"/proc/self/fd/{dirfd}/{name}"
+
+
+def _read_xattrs(target: int | str) -> list[tuple[str, bytes]]:
+    follow = isinstance(target, int)
+    try:
+        names = os.listxattr(target, follow_symlinks=follow)
+    except OSError as e:
+        if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            return []
+        raise
+    out = []
+    for n in sorted(names):
+        if n.startswith(_SKIP_XATTR_PREFIXES):
+            continue
+        with suppress_errno(errno.ENODATA):
+            out.append((n, os.getxattr(target, n, follow_symlinks=follow)))
+    return out
+
+
+def _write_xattrs(target: int | str, xattrs: list[tuple[str, bytes]]) -> None:
+    follow = isinstance(target, int)
+    for n, v in xattrs:
+        os.setxattr(target, n, v, follow_symlinks=follow)
+
+
+def _copy_data(src_fd: int, dst_fd: int) -> None:
+    try:
+        while os.sendfile(dst_fd, src_fd, None, _COPY_CHUNK):
+            pass
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOSYS):
+            raise
+        os.lseek(src_fd, 0, os.SEEK_SET)
+        os.lseek(dst_fd, 0, os.SEEK_SET)
+        os.ftruncate(dst_fd, 0)
+        while chunk := os.read(src_fd, _COPY_CHUNK):
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(dst_fd, view) :]
+
+
+def _apply_meta_fd(fd: int, st: os.stat_result, xattrs: list[tuple[str, bytes]]) -> None:
+    cur = os.fstat(fd)
+    if (cur.st_uid, cur.st_gid) != (st.st_uid, st.st_gid):
+        os.fchown(fd, st.st_uid, st.st_gid)
+    # Order matters: chown clears set-id bits and security.capability, so mode and
+    # xattrs go after it; mtime goes last because nothing after may touch the inode.
+    os.fchmod(fd, stat.S_IMODE(st.st_mode))
+    _write_xattrs(fd, xattrs)
+    os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def _copy_entry(sdir: int, ddir: int, name: str) -> None:
+    st = os.lstat(name, dir_fd=sdir)
+    mode = st.st_mode
+    if stat.S_ISDIR(mode):
+        os.mkdir(name, 0o700, dir_fd=ddir)
+        with (
+            opened_dir(name, dir_fd=sdir, follow_symlinks=False) as s,
+            opened_dir(name, dir_fd=ddir, follow_symlinks=False) as d,
+        ):
+            _copy_dir_contents(s, d)
+            _apply_meta_fd(d, st, _read_xattrs(s))
+            os.fsync(d)
+    elif stat.S_ISREG(mode):
+        s = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=sdir)
+        try:
+            d = os.open(
+                name,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o600,
+                dir_fd=ddir,
+            )
+            try:
+                _copy_data(s, d)
+                _apply_meta_fd(d, st, _read_xattrs(s))
+                os.fsync(d)
+            finally:
+                os.close(d)
+        finally:
+            os.close(s)
+    elif stat.S_ISLNK(mode):
+        os.symlink(os.readlink(name, dir_fd=sdir), name, dir_fd=ddir)
+        os.chown(name, st.st_uid, st.st_gid, dir_fd=ddir, follow_symlinks=False)
+        _write_xattrs(_fd_path(ddir, name), _read_xattrs(_fd_path(sdir, name)))
+        os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=ddir, follow_symlinks=False)
+    else:
+        # Devices, fifos and sockets: the inode is the content.
+        os.mknod(name, stat.S_IFMT(mode) | 0o600, st.st_rdev, dir_fd=ddir)
+        os.chown(name, st.st_uid, st.st_gid, dir_fd=ddir, follow_symlinks=False)
+        os.chmod(name, stat.S_IMODE(mode), dir_fd=ddir)
+        _write_xattrs(_fd_path(ddir, name), _read_xattrs(_fd_path(sdir, name)))
+        os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=ddir)
+
+
+def _copy_dir_contents(sdir: int, ddir: int) -> None:
+    with os.scandir(sdir) as it:
+        names = sorted(e.name for e in it)
+    for name in names:
+        _copy_entry(sdir, ddir, name)
+
+
+def copy_tree(src: Path, dst: Path) -> None:
+    """Copy directory src to dst (which must not exist) with owners, modes, mtimes,
+    xattrs and symlinks, fsyncing every file and directory.
+
+    Every file is a new inode, never a hardlink: the copy may be changed later and must
+    not change src (or an OSTree repository src is hardlinked into).
+    """
+    st = os.lstat(src)
+    if not stat.S_ISDIR(st.st_mode):
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(src))
+    parent, name = os.path.split(os.path.abspath(dst))
+    with opened_dir(parent) as dparent:
+        os.mkdir(name, 0o700, dir_fd=dparent)
+        with (
+            opened_dir(src, follow_symlinks=False) as s,
+            opened_dir(name, dir_fd=dparent, follow_symlinks=False) as d,
+        ):
+            _copy_dir_contents(s, d)
+            _apply_meta_fd(d, st, _read_xattrs(s))
+            os.fsync(d)
+        os.fsync(dparent)
+
+
+def remove_path(path: Path) -> None:
+    """remove_tree_at for a path: rm -rf path, through its parent's fd."""
+    with opened_dir(path.parent) as parent:
+        remove_tree_at(parent, path.name)
