@@ -429,7 +429,7 @@ def apply_live(sysroot: Sysroot, target: str, *, allow_replacement: bool = False
                 parents = {_rel(str(PurePosixPath(e.path).parent), "/usr")
                            for e in (*files.added_files, *files.changed_files)}
                 _clean_temp_files(tree, parents)
-            added_paths = {e.path for e in (*files.added_dirs, *files.added_files)}
+            added_paths = {d.path for d in files.added_dirs} | {f.path for f in files.added_files}
             for path in files.removed_files:  # a file becoming a directory or back goes first
                 if path in added_paths:
                     applier.remove_file(path)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import suppress
 from dataclasses import dataclass, replace
 
 from gi.repository import GLib, OSTree
@@ -81,10 +82,8 @@ def write_state(sysroot: Sysroot, booted: Deployment, state: LiveState) -> None:
 def clear_state(sysroot: Sysroot, booted: Deployment) -> None:
     d = sysroot.deployment_state_dir(booted)
     for name in (STATE_FILE, STAMP):
-        try:
+        with suppress(FileNotFoundError):
             os.unlink(d / name)
-        except FileNotFoundError:
-            pass
     _set_ref(sysroot.repo, REF_INPROGRESS, None)
     _set_ref(sysroot.repo, REF_LIVE, None)
 

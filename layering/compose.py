@@ -19,7 +19,7 @@ import os
 import stat
 import sys
 import uuid
-from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -156,10 +156,8 @@ def _modifier(repo: OSTree.Repo, req: ComposeRequest, upper: Path, skip_top: boo
     mod = OSTree.RepoCommitModifier.new(OSTree.RepoCommitModifierFlags.SKIP_XATTRS, commit_filter)
     mod.set_xattr_callback(xattrs)
     # Label new files with the base image's SELinux policy, if it ships one.
-    try:
+    with suppress(GLib.Error):
         mod.set_sepolicy_from_commit(repo, req.base_commit, None)
-    except GLib.Error:
-        pass
     return mod
 
 

@@ -22,8 +22,8 @@ from lulayer.layering import compose as composer
 from lulayer.layering.deploy import deploy
 from lulayer.layering.resolver import (
     Progress,
-    ResolveRequest,
     Resolver,
+    ResolveRequest,
     make_resolver,
     read_repo_configs,
     split_specs,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
+from lulayer.apply.state import read_state
 from lulayer.layering.layer import PackageChanges, base_commit_of, layered_packages
 from lulayer.rpmdb.db import Package, commit_packages, tree_dbpath
 from lulayer.sysroot import Deployment, Sysroot, commit_metadata
@@ -40,12 +41,27 @@ class DeploymentStatus:
 
 
 @dataclass(frozen=True)
+class LiveStatus:
+    commit: str  # what the live /usr holds
+    inprogress: str | None  # an interrupted update's target
+    replaced: bool
+    diff: PackageChanges  # live packages against the booted commit's
+
+
+@dataclass(frozen=True)
 class Status:
     deployments: tuple[DeploymentStatus, ...]
     pending_diff: PackageChanges | None  # the pending deployment against the booted one
+    live: LiveStatus | None = None
 
     def to_json(self) -> dict[str, object]:
-        return {"deployments": [d.to_json() for d in self.deployments]}
+        deps = [d.to_json() for d in self.deployments]
+        for d in deps:
+            if d["booted"]:
+                d["live-inprogress"] = self.live.inprogress if self.live else None
+                d["live-replaced"] = self.live.commit if self.live and self.live.replaced else None
+                d["live-commit"] = self.live.commit if self.live else None
+        return {"deployments": deps}
 
 
 def read_status(sysroot: Sysroot) -> Status:
@@ -70,4 +86,10 @@ def read_status(sysroot: Sysroot) -> Status:
     if pending is not None:
         diff = PackageChanges.between(commit_packages(sysroot.repo, booted.checksum, dbpath),
                                       commit_packages(sysroot.repo, pending.checksum, dbpath))
-    return Status(tuple(out), diff)
+    st = read_state(sysroot, booted)
+    live = None
+    if st.live:
+        live_pkgs = commit_packages(sysroot.repo, st.commit, dbpath)
+        live = LiveStatus(st.commit, st.inprogress, st.replaced,
+                          PackageChanges.between(commit_packages(sysroot.repo, booted.checksum, dbpath), live_pkgs))
+    return Status(tuple(out), diff, live)

@@ -188,7 +188,8 @@ def upgrade(ctx: Context, dry_run: bool, live: bool, allow_replacement: bool) ->
 @click.pass_obj
 def apply_live_cmd(ctx: Context, reset: bool, allow_replacement: bool) -> None:
     """Apply the pending deployment to the running system, without a reboot."""
-    from lulayer.apply.live import apply_live, reset as live_reset
+    from lulayer.apply.live import apply_live
+    from lulayer.apply.live import reset as live_reset
     from lulayer.errors import LiveApplyError
 
     with _locked(ctx, finish_live=not reset) as sysroot:
@@ -259,6 +260,8 @@ def status(ctx: Context, as_json: bool, verbose: bool) -> None:
             click.echo(f"{'Deployment':>19}: {d.path}")
         if d.origin.requested:
             click.echo(f"{'LayeredPackages':>19}: {' '.join(d.origin.requested)}")
+        if d.booted and st.live is not None:
+            _print_live_status(st.live)
         if verbose and ds.layered:
             click.echo(f"{'Packages':>19}: {' '.join(p.nevra for p in ds.layered)}")
         click.echo("")
@@ -274,6 +277,20 @@ def status(ctx: Context, as_json: bool, verbose: bool) -> None:
             click.echo(f"  ~ {old.nevra} -> {new.nevra}")
         for p in diff.removed:
             click.echo(f"  - {p.nevra}")
+
+
+def _print_live_status(live: Any) -> None:
+    if live.inprogress:
+        click.secho(f"{'InterruptedLiveCommit':>19}: {live.inprogress}", fg="red", bold=True)
+        click.secho(f"{'':>19}  run `lulayer apply-live` to finish it or `lulayer apply-live --reset`", fg="red")
+    click.echo(f"{'LiveCommit':>19}: {live.commit}")
+    diff = live.diff
+    parts = [f"{len(diff.added)} added" if diff.added else "",
+             f"{len(diff.upgraded)} upgraded" if diff.upgraded else "",
+             f"{len(diff.removed)} removed" if diff.removed else ""]
+    click.echo(f"{'LiveDiff':>19}: " + (", ".join(p for p in parts if p) or "none"))
+    if live.replaced:
+        click.echo(f"{'LiveReplaced':>19}: files were replaced or removed live")
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,10 +81,8 @@ def _keyfile_get(kf: GLib.KeyFile, group: str, key: str) -> str | None:
 
 
 def _keyfile_remove(kf: GLib.KeyFile, group: str, key: str) -> None:
-    try:
+    with suppress(GLib.Error):
         kf.remove_key(group, key)
-    except GLib.Error:
-        pass
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import os
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import rpm
 
@@ -63,10 +64,10 @@ def install_rpms(root: Path, dbpath: PurePosixPath, rpm_paths: Sequence[Path]) -
                 os.close(fd)
 
 
-def _dep_problem(p: object) -> str:
+def _dep_problem(p: Any) -> str:
     # ts.check() gives ((name, ver, rel), (needname, needver), flags, suggest, sense)
     try:
-        (name, ver, rel), (need, needver), *_ = p  # type: ignore[misc]
+        (name, ver, rel), (need, needver), *_ = p
         return f"{name}-{ver}-{rel} needs {need} {needver}".strip()
     except (TypeError, ValueError):
         return str(p)
