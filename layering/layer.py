@@ -85,7 +85,8 @@ def base_checkout(sysroot: Sysroot, base_commit: str) -> Path:
     Either is only ever an overlay's lower layer, never written.
     """
     for d in sysroot.deployments():
-        if d.checksum == base_commit:
+        # A deployment with a mount on its /usr (a live overlay) no longer shows the commit there.
+        if d.checksum == base_commit and not os.path.ismount(d.path / "usr"):
             return d.path
     cache = sysroot.path / "ostree" / "lulayer" / "base"
     dest = cache / base_commit

@@ -1,0 +1,204 @@
+"""Shared test helpers: run the real CLI, rpm, chroot and ostree, and compare trees.
+
+Nothing here mocks anything: every helper runs the real program as a subprocess
+(in the pytest process's private mount namespace, see conftest.py) or reads
+the real file system. Keep the functions general: several test files use them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from fixtures import build as fixture_build
+
+TOP = Path(__file__).resolve().parent.parent
+DBPATH = "/usr/share/rpm"
+# Files a reader of the rpmdb may leave beside it at run time (never in a commit).
+RPMDB_RUNTIME_FILES = frozenset({"rpmdb.sqlite-shm", "rpmdb.sqlite-wal", "rpmdb.sqlite-journal", ".rpm.lock"})
+
+
+# --------------------------------------------------------------------------- running programs
+
+
+def run(cmd: Sequence[str | os.PathLike[str]], *, check: bool = False, env: Mapping[str, str] | None = None,
+        timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run CMD with LC_ALL=C, capturing text output; with check=True a failure raises
+    AssertionError carrying both outputs (so pytest shows why)."""
+    full_env = dict(os.environ, LC_ALL="C", LANG="C", **(env or {}))
+    proc = subprocess.run([os.fspath(c) for c in cmd], capture_output=True, text=True, env=full_env,
+                          timeout=timeout, check=False)
+    if check and proc.returncode != 0:
+        raise AssertionError(describe(proc))
+    return proc
+
+
+def describe(proc: subprocess.CompletedProcess[str]) -> str:
+    """A completed process as text for assertion messages."""
+    args = " ".join(str(a) for a in proc.args)
+    return f"$ {args}\nexit {proc.returncode}\n--- stdout\n{proc.stdout}--- stderr\n{proc.stderr}"
+
+
+def lulayer(sysroot: Path, *args: str, check: bool = True, env: Mapping[str, str] | None = None,
+            ) -> subprocess.CompletedProcess[str]:
+    """Run `lulayer --sysroot SYSROOT ARGS...` (the real CLI, as a subprocess)."""
+    return run([sys.executable, "-m", "lulayer", "--sysroot", str(sysroot), *args], check=check, env=env)
+
+
+def chroot(root: Path, *cmd: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run CMD inside ROOT with chroot(8)."""
+    return run(["chroot", str(root), *cmd], check=check)
+
+
+def rpm(root: Path, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run `rpm --root ROOT --dbpath /usr/share/rpm ARGS...`."""
+    return run(["rpm", "--root", str(root), "--dbpath", DBPATH, *args], check=check)
+
+
+def rpm_names(root: Path) -> set[str]:
+    """The package names rpm lists in ROOT's database (asserts rpm succeeds)."""
+    out = rpm(root, "-qa", "--qf", "%{NAME}\n", check=True).stdout
+    return {line for line in out.splitlines() if line}
+
+
+def ostree_fsck(sysroot: Path) -> None:
+    """Assert `ostree fsck` of SYSROOT's repository finds nothing wrong."""
+    proc = run(["ostree", "fsck", f"--repo={Path(sysroot) / 'ostree' / 'repo'}"])
+    assert proc.returncode == 0, describe(proc)
+    assert "corrupt" not in (proc.stdout + proc.stderr).lower(), describe(proc)
+
+
+def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
+    """Assert PROC failed the way the CLI refuses: non-zero, one `error:` line on stderr,
+    no traceback; returns that line."""
+    assert proc.returncode not in (0, None), describe(proc)
+    assert proc.returncode > 0, describe(proc)  # an exit, not a signal
+    assert "Traceback" not in proc.stderr, describe(proc)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1, describe(proc)
+    assert lines[-1] == errors[0], describe(proc)
+    return errors[0]
+
+
+# --------------------------------------------------------------------------- sysroot layout
+
+
+def booted(sysroot: Path) -> Path:
+    """The booted deployment folder of the folder sysroot (its live root)."""
+    return fixture_build.booted_deployment(sysroot)
+
+
+def pending(sysroot: Path) -> Path:
+    """The default deployment (the next boot's): index 0 in boot order."""
+    return fixture_build.deployments(sysroot)[0]
+
+
+def commit_of(deployment: Path) -> str:
+    """The commit checksum of a deployment folder (named CHECKSUM.SERIAL)."""
+    return Path(deployment).name.rsplit(".", 1)[0]
+
+
+def repo_of(sysroot: Path) -> Path:
+    return Path(sysroot) / "ostree" / "repo"
+
+
+def checkout_subpath(sysroot: Path, commit: str, subpath: str, dest: Path) -> Path:
+    """`ostree checkout --subpath=SUBPATH COMMIT DEST` (as root, ownership is kept)."""
+    run(["ostree", "checkout", f"--repo={repo_of(sysroot)}", f"--subpath={subpath}", commit, str(dest)],
+        check=True)
+    return dest
+
+
+def point_repo_file(deployment: Path, repo: Path) -> None:
+    """Make the deployment's /etc/yum.repos.d/lulayer-fixtures.repo use REPO."""
+    f = Path(deployment) / fixture_build.REPO_FILE
+    lines = [line if not line.startswith("baseurl=") else f"baseurl=file://{Path(repo).absolute()}"
+             for line in f.read_text().splitlines()]
+    f.write_text("\n".join(lines) + "\n")
+
+
+def fstype_at(path: Path) -> str | None:
+    """The file system type of the mount whose mount point is exactly PATH, or None."""
+    target = os.path.realpath(path)
+    found = None
+    with open("/proc/self/mountinfo") as info:
+        for line in info:
+            fields = line.split()
+            point = fixture_build._unescape_mount_path(fields[4])
+            if point == target:
+                found = fields[fields.index("-") + 1]  # the last mount on top wins
+    return found
+
+
+# --------------------------------------------------------------------------- tree snapshots
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What a user sees of one file: type and permission bits, owner, size and content."""
+    kind: str  # "file", "dir", "link", "other"
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    digest: str  # sha256 of a file's content, a symlink's target, "" for a directory
+
+
+def _entry(path: str, st: os.stat_result) -> Entry:
+    if stat.S_ISLNK(st.st_mode):
+        return Entry("link", stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, 0, os.readlink(path))
+    if stat.S_ISDIR(st.st_mode):
+        return Entry("dir", stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, 0, "")
+    if stat.S_ISREG(st.st_mode):
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        return Entry("file", stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_size, h.hexdigest())
+    return Entry("other", stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, 0, "")
+
+
+def tree_entries(root: Path, *, ignore_names: Iterable[str] = (), with_inodes: bool = False,
+                 ) -> dict[str, tuple[Entry, int] | Entry]:
+    """Every path under ROOT (relative, "/"-separated, ROOT itself as ".") with its Entry;
+    with_inodes=True pairs each with its inode number. Symlinks are not followed,
+    mount points below ROOT are crossed, names in ignore_names are skipped."""
+    skip = set(ignore_names)
+    root = Path(root)
+    out: dict[str, tuple[Entry, int] | Entry] = {}
+
+    def add(rel: str, full: str) -> None:
+        st = os.lstat(full)
+        e = _entry(full, st)
+        out[rel] = (e, st.st_ino) if with_inodes else e
+
+    add(".", str(root))
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in skip)
+        for name in sorted([*dirnames, *(f for f in filenames if f not in skip)]):
+            full = os.path.join(dirpath, name)
+            add(os.path.relpath(full, root), full)
+    return out
+
+
+def tree_diff(a: Mapping[str, object], b: Mapping[str, object]) -> list[str]:
+    """Human-readable differences between two tree_entries() results (empty: the same)."""
+    lines = [f"only in first: {p}" for p in sorted(set(a) - set(b))]
+    lines += [f"only in second: {p}" for p in sorted(set(b) - set(a))]
+    lines += [f"differs: {p}: {a[p]} != {b[p]}" for p in sorted(set(a) & set(b)) if a[p] != b[p]]
+    return lines
+
+
+def temp_files_under(root: Path) -> list[str]:
+    """Leftover temporary files (.NAME.<hex>.tmp) under ROOT."""
+    found = []
+    for dirpath, _dirs, files in os.walk(root):
+        found += [os.path.join(dirpath, f) for f in files if f.startswith(".") and f.endswith(".tmp")]
+    return found

@@ -1,0 +1,341 @@
+"""Live apply, end to end: the real CLI on real OSTree folder sysroots.
+
+The booted deployment's folder is the live root: `install --live` mounts a
+transient overlay on its /usr and makes that /usr the new deployment's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from fixtures import build as fixture_build
+from lulayer.apply.live import FAULT_ENV, STEPS
+from tests.helpers import (
+    DBPATH,
+    RPMDB_RUNTIME_FILES,
+    booted,
+    checkout_subpath,
+    chroot,
+    commit_of,
+    describe,
+    fstype_at,
+    lulayer,
+    one_error_line,
+    ostree_fsck,
+    pending,
+    point_repo_file,
+    rpm,
+    rpm_names,
+    temp_files_under,
+    tree_diff,
+    tree_entries,
+)
+
+pytestmark = pytest.mark.root
+
+BASE = set(fixture_build.BASE_PACKAGES)
+WITH_HTOP = BASE | {"htop", "ncurses-libs"}
+
+
+def assert_usr_is_commit(sysroot: Path, live: Path, commit: str, scratch: Path) -> None:
+    """The live /usr holds exactly COMMIT's /usr: same paths, types, modes, owners, contents."""
+    expected = tree_entries(checkout_subpath(sysroot, commit, "/usr", scratch), ignore_names=RPMDB_RUNTIME_FILES)
+    got = tree_entries(live / "usr", ignore_names=RPMDB_RUNTIME_FILES)
+    diff = tree_diff(expected, got)
+    assert not diff, "\n".join(diff[:40])
+
+
+# --------------------------------------------------------------------------- install, uninstall
+
+
+def test_install_live_runs_htop_now_and_after_reboot(sysroot: Path) -> None:
+    live = booted(sysroot)
+    assert chroot(live, "htop").returncode != 0
+
+    lulayer(sysroot, "install", "htop", "--live")
+
+    ran = chroot(live, "htop")
+    assert ran.returncode == 0 and ran.stdout.strip() == "htop 3.3.0", describe(ran)
+    assert rpm(live, "-q", "htop", "ncurses-libs").returncode == 0
+    assert rpm_names(live) == WITH_HTOP
+    nxt = pending(sysroot)
+    assert nxt != live
+    assert (nxt / "usr/bin/htop").is_file()
+    assert rpm_names(nxt) == WITH_HTOP
+
+    new_booted = fixture_build.reboot(sysroot)
+    assert new_booted == nxt == booted(sysroot)
+    assert fstype_at(live / "usr") is None and fstype_at(new_booted / "usr") is None
+    ran = chroot(new_booted, "htop")
+    assert ran.returncode == 0 and ran.stdout.strip() == "htop 3.3.0", describe(ran)
+    assert rpm(new_booted, "-q", "htop").returncode == 0
+    status = lulayer(sysroot, "status").stdout
+    assert "LiveCommit" not in status
+    ostree_fsck(sysroot)
+
+
+def test_live_apply_leaves_booted_checkout_untouched(sysroot: Path) -> None:
+    live = booted(sysroot)
+    before = tree_entries(live, with_inodes=True)
+
+    lulayer(sysroot, "install", "htop", "--live")
+    assert chroot(live, "htop").returncode == 0
+    assert fstype_at(live / "usr") == "overlay"
+
+    subprocess.run(["umount", "-l", str(live / "usr")], check=True)
+    assert fstype_at(live / "usr") is None
+    after = tree_entries(live, with_inodes=True)
+    diff = tree_diff(before, after)
+    assert not diff, "\n".join(diff[:40])
+    assert not (live / "usr/bin/htop").exists()
+    ostree_fsck(sysroot)
+
+
+def test_live_usr_stays_read_only_to_other_processes(sysroot: Path) -> None:
+    live = booted(sysroot)
+    lulayer(sysroot, "install", "htop", "--live")
+    touched = subprocess.run(["touch", str(live / "usr/x")], capture_output=True, text=True)
+    assert touched.returncode != 0
+    assert "Read-only file system" in touched.stderr
+    assert not (live / "usr/x").exists()
+
+
+def test_uninstall_live_removes_htop_now_and_from_next_boot(sysroot: Path) -> None:
+    live = booted(sysroot)
+    lulayer(sysroot, "install", "htop", "--live")
+    assert chroot(live, "htop").returncode == 0
+
+    out = lulayer(sysroot, "uninstall", "htop", "--live")
+
+    assert "htop" in out.stdout
+    assert chroot(live, "htop").returncode != 0
+    assert rpm(live, "-q", "htop").returncode != 0
+    assert not (live / "usr/bin/htop").exists()
+    assert rpm_names(live) == BASE
+    nxt = pending(sysroot)
+    assert not (nxt / "usr/bin/htop").exists()
+    assert rpm_names(nxt) == BASE
+    ostree_fsck(sysroot)
+
+
+def test_second_live_install_composes_from_booted_commit_not_live_usr(sysroot: Path, tmp_path: Path) -> None:
+    live = booted(sysroot)
+    lulayer(sysroot, "install", "htop", "--live")
+
+    lulayer(sysroot, "install", "hello-config", "--live")
+
+    nxt = pending(sysroot)
+    assert rpm_names(nxt) == WITH_HTOP | {"hello-config"}
+    assert rpm_names(live) == WITH_HTOP | {"hello-config"}
+    assert_usr_is_commit(sysroot, live, commit_of(nxt), tmp_path / "target-usr")
+    assert chroot(live, "htop").stdout.strip() == "htop 3.3.0"
+    ostree_fsck(sysroot)
+
+
+# --------------------------------------------------------------------------- replacement
+
+
+def test_upgrade_live_needs_allow_replacement(sysroot: Path, tmp_path: Path) -> None:
+    live = booted(sysroot)
+    lulayer(sysroot, "install", "upgrademe", "--live")
+    assert chroot(live, "upgrademe").stdout.strip() == "upgrademe 1.0"
+    repo = fixture_build.make_repo(tmp_path / "repo", [*fixture_build.default_repo_packages(),
+                                                      fixture_build.rpm_path("upgrademe", "2.0")])
+    point_repo_file(live, repo)
+    before = tree_entries(live / "usr", ignore_names=RPMDB_RUNTIME_FILES)
+
+    refused = lulayer(sysroot, "upgrade", "--live", check=False)
+
+    line = one_error_line(refused)
+    assert "--allow-replacement" in line
+    assert tree_entries(live / "usr", ignore_names=RPMDB_RUNTIME_FILES) == before
+    assert chroot(live, "upgrademe").stdout.strip() == "upgrademe 1.0"
+    (b,) = [d for d in json.loads(lulayer(sysroot, "status", "--json").stdout)["deployments"] if d["booted"]]
+    assert not b.get("live-inprogress")
+
+    lulayer(sysroot, "upgrade", "--live", "--allow-replacement")
+
+    assert chroot(live, "upgrademe").stdout.strip() == "upgrademe 2.0"
+    assert not (live / "usr/share/upgrademe/only-in-1").exists()
+    assert (live / "usr/share/upgrademe/new-in-2").read_text() == "new in upgrademe 2.0\n"
+    assert rpm(live, "-q", "--qf", "%{VERSION}", "upgrademe").stdout == "2.0"
+    assert (pending(sysroot) / "usr/share/upgrademe/new-in-2").is_file()
+    ostree_fsck(sysroot)
+
+
+# --------------------------------------------------------------------------- reset
+
+
+def test_apply_live_reset_returns_to_booted_set_and_keeps_pending(sysroot: Path) -> None:
+    live = booted(sysroot)
+    lulayer(sysroot, "install", "htop", "--live")
+    assert chroot(live, "htop").returncode == 0
+
+    lulayer(sysroot, "apply-live", "--reset")
+
+    assert chroot(live, "htop").returncode != 0
+    assert not (live / "usr/bin/htop").exists()
+    assert rpm_names(live) == BASE
+    assert fstype_at(live / "usr") is None
+    assert (pending(sysroot) / "usr/bin/htop").is_file()
+    assert "LiveCommit" not in lulayer(sysroot, "status").stdout
+    ostree_fsck(sysroot)
+
+
+# --------------------------------------------------------------------------- interruption
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_interrupted_live_install_is_finished_by_next_command(sysroot: Path, tmp_path: Path, step: str) -> None:
+    live = booted(sysroot)
+    killed = lulayer(sysroot, "install", "htop", "--live", check=False, env={FAULT_ENV: step})
+    assert killed.returncode == -9, describe(killed)
+
+    assert lulayer(sysroot, "status", check=False).returncode == 0
+    lulayer(sysroot, "apply-live")
+
+    target = commit_of(pending(sysroot))
+    assert target != commit_of(live)
+    assert_usr_is_commit(sysroot, live, target, tmp_path / "target-usr")
+    db = live / DBPATH.lstrip("/")
+    assert not (db.parent / (db.name + ".new")).exists()
+    assert temp_files_under(live / "usr") == []
+    assert rpm_names(live) == WITH_HTOP
+    ran = chroot(live, "htop")
+    assert ran.returncode == 0 and ran.stdout.strip() == "htop 3.3.0", describe(ran)
+    assert (pending(sysroot) / "usr/bin/htop").is_file()
+    ostree_fsck(sysroot)
+
+
+def test_interrupted_live_update_is_finished_by_another_mutating_command(sysroot: Path, tmp_path: Path) -> None:
+    live = booted(sysroot)
+    killed = lulayer(sysroot, "install", "htop", "--live", check=False, env={FAULT_ENV: "files-half"})
+    assert killed.returncode == -9, describe(killed)
+    target = commit_of(pending(sysroot))
+
+    out = lulayer(sysroot, "install", "hello-config")
+
+    assert "interrupted live update" in out.stderr
+    assert_usr_is_commit(sysroot, live, target, tmp_path / "target-usr")
+    assert rpm_names(live) == WITH_HTOP
+    assert (pending(sysroot) / "usr/bin/hello-config").is_file()
+    assert not (live / "usr/bin/hello-config").exists()
+    ostree_fsck(sysroot)
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_reset_after_interrupted_live_install_returns_to_booted_commit(sysroot: Path, tmp_path: Path,
+                                                                       step: str) -> None:
+    live = booted(sysroot)
+    killed = lulayer(sysroot, "install", "htop", "--live", check=False, env={FAULT_ENV: step})
+    assert killed.returncode == -9, describe(killed)
+
+    lulayer(sysroot, "apply-live", "--reset")
+
+    assert fstype_at(live / "usr") is None
+    assert_usr_is_commit(sysroot, live, commit_of(live), tmp_path / "booted-usr")
+    assert rpm_names(live) == BASE
+    assert (pending(sysroot) / "usr/bin/htop").is_file()
+    assert "LiveCommit" not in lulayer(sysroot, "status").stdout
+    ostree_fsck(sysroot)
+
+
+# --------------------------------------------------------------------------- concurrent readers
+
+
+def test_rpm_readers_see_old_or_new_package_set_never_a_mix(sysroot: Path) -> None:
+    live = booted(sysroot)
+    old, new = BASE, WITH_HTOP
+    results: list[tuple[int, frozenset[str], str]] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            p = subprocess.run(["rpm", "--root", str(live), "--dbpath", DBPATH, "-qa", "--qf", "%{NAME}\n"],
+                               capture_output=True, text=True, env=dict(os.environ, LC_ALL="C"))
+            results.append((p.returncode, frozenset(p.stdout.split()), p.stderr))
+
+    t = threading.Thread(target=reader)
+    t.start()
+    try:
+        lulayer(sysroot, "install", "htop", "--live")
+        lulayer(sysroot, "uninstall", "htop", "--live")
+    finally:
+        stop.set()
+        t.join()
+
+    assert len(results) >= 20
+    assert {r[1] for r in results} == {frozenset(old), frozenset(new)}, "the reader saw only one state"
+    bad = [r for r in results if r[0] != 0 or r[2] or r[1] not in (old, new)]
+    assert not bad, bad[:5]
+    assert {r[1] for r in results} <= {frozenset(old), frozenset(new)}
+
+
+# --------------------------------------------------------------------------- /etc and units
+
+
+def test_install_live_adds_config_file_to_live_etc(sysroot: Path) -> None:
+    live = booted(sysroot)
+    out = lulayer(sysroot, "install", "hello-config", "--live")
+    conf = live / "etc/hello/hello.conf"
+    assert conf.read_text().startswith("# hello.conf (lulayer fixture)")
+    assert (live / "etc/hello/defaults.conf").is_file()
+    assert "/etc/hello/hello.conf" in out.stdout
+    ran = chroot(live, "hello-config")
+    assert ran.returncode == 0 and "greeting=hello" in ran.stdout, describe(ran)
+
+
+def test_install_live_keeps_admins_modified_config(sysroot: Path) -> None:
+    live = booted(sysroot)
+    conf = live / "etc/hello/hello.conf"
+    conf.parent.mkdir()
+    conf.write_text("greeting=mine\n")
+
+    lulayer(sysroot, "install", "hello-config", "--live")
+
+    assert conf.read_text() == "greeting=mine\n"
+    assert (live / "etc/hello/defaults.conf").is_file()
+    assert "greeting=mine" in chroot(live, "hello-config").stdout
+    assert (pending(sysroot) / "etc/hello/hello.conf").read_text() == "greeting=mine\n"
+
+
+def test_install_live_names_new_systemd_unit(sysroot: Path) -> None:
+    live = booted(sysroot)
+    out = lulayer(sysroot, "install", "hello-service", "--live")
+    assert "hello.service" in out.stdout
+    unit = live / "usr/lib/systemd/system/hello.service"
+    assert "ExecStart=/usr/bin/hello-daemon" in unit.read_text()
+    ran = chroot(live, "hello-daemon", "--once")
+    assert ran.returncode == 0 and "hello-daemon 1.0 started" in ran.stdout
+
+
+# --------------------------------------------------------------------------- refusals, status
+
+
+def test_apply_live_without_pending_deployment_is_refused_and_changes_nothing(sysroot: Path) -> None:
+    live = booted(sysroot)
+    before = tree_entries(sysroot, with_inodes=True)
+
+    refused = lulayer(sysroot, "apply-live", check=False)
+
+    line = one_error_line(refused)
+    assert "pending" in line
+    assert fstype_at(live / "usr") is None
+    assert tree_diff(before, tree_entries(sysroot, with_inodes=True)) == []
+
+
+def test_status_shows_live_state_after_install_live(sysroot: Path) -> None:
+    lulayer(sysroot, "install", "htop", "--live")
+    text = lulayer(sysroot, "status").stdout
+    assert "LiveCommit" in text and "LiveDiff" in text
+    deps = json.loads(lulayer(sysroot, "status", "--json").stdout)["deployments"]
+    (b,) = [d for d in deps if d["booted"]]
+    assert "live-inprogress" in b and not b["live-inprogress"]
+    assert "live-replaced" in b
+    assert b.get("live-commit") == commit_of(pending(sysroot))
