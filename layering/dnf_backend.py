@@ -138,10 +138,30 @@ class DnfResolver:
         except dnf.exceptions.DownloadError as e:
             raise ResolveError(f"cannot download packages: {_first_line(e)}",
                                hint="check that the repository is reachable and retry") from e
+        except dnf.exceptions.Error as e:
+            # dnf checks the packages of local (file://) repositories itself and raises a
+            # plain Error naming none of them: name the one that differs, as for a download.
+            if all(p._is_local_pkg() for p in pkgs):
+                local = tuple(Path(p.localPkg()) for p in _ordered(pkgs, resolution))
+                for path in local:
+                    if not path.is_file():
+                        raise ResolveError(f"{path} is missing from its repository",
+                                           hint="the repository metadata lists a package file that is gone: "
+                                                "regenerate or fix the repository") from e
+                verify_downloads(resolution, local, self._request.repos)
+            raise ResolveError(f"cannot use the downloaded packages: {_first_line(e)}",
+                               hint="the repository or the cache is corrupt: run `lulayer cleanup --repomd` "
+                                    "or fix the repository") from e
         by_nevra = {str(_package(p)): Path(p.localPkg()) for p in pkgs}
         paths = tuple(by_nevra[str(r.package)] for r in resolution.install)
         verify_downloads(resolution, paths, self._request.repos)
         return paths
+
+
+def _ordered(pkgs: list[Any], resolution: Resolution) -> list[Any]:
+    """PKGS in the order of resolution.install."""
+    by_nevra = {str(_package(p)): p for p in pkgs}
+    return [by_nevra[str(r.package)] for r in resolution.install]
 
 
 def _hawkey_chksum(p: Any) -> str:
@@ -159,6 +179,9 @@ def _quiet_dnf() -> None:
     logging.getLogger("dnf").setLevel(logging.CRITICAL)
     if not sys.stderr.isatty():
         logging.getLogger("dnf").propagate = False
+        # Without a handler of its own, logging's last-resort handler would still print
+        # dnf's critical records (e.g. "Package ... has incorrect checksum") to stderr.
+        logging.getLogger("dnf").addHandler(logging.NullHandler())
 
 
 _quiet_dnf()

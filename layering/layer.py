@@ -166,10 +166,11 @@ class Layering:
             names = tuple(sorted(current))
         missing = [n for n in names if n not in current]
         if missing:
-            raise LulayerError(
-                f"not layered: {', '.join(missing)}",
-                hint="only layered packages can be uninstalled; `lulayer status` lists them",
-            )
+            base = base_commit_of(self.sysroot.repo, merge.checksum)
+            in_base = {p.name for p in commit_packages(self.sysroot.repo, base, tree_dbpath(merge.path))}
+            what = "; ".join(f"{n} is part of the base image" if n in in_base else f"{n} is not layered"
+                             for n in missing)
+            raise LulayerError(what, hint="only layered packages can be uninstalled; `lulayer status` lists them")
         return self._layer(merge, current - set(names), dry_run=dry_run, upgrade=False)
 
     def upgrade(self, *, dry_run: bool = False) -> LayerResult:

@@ -54,7 +54,7 @@ def install_rpms(root: Path, dbpath: PurePosixPath, rpm_paths: Sequence[Path]) -
 
             problems = ts.run(callback, None)
             if problems:
-                raise ComposeError("rpm transaction failed: " + "; ".join(str(p) for p in problems),
+                raise ComposeError("rpm transaction failed: " + "; ".join(_run_problem(p) for p in problems),
                                    hint="a package conflicts with a file of the base image or another package")
             if script_errors:
                 raise ComposeError("; ".join(script_errors), hint="the package's scriptlet must succeed in the image")
@@ -62,6 +62,13 @@ def install_rpms(root: Path, dbpath: PurePosixPath, rpm_paths: Sequence[Path]) -
             ts.closeDB()
             for fd in fds.values():
                 os.close(fd)
+
+
+def _run_problem(p: Any) -> str:
+    # ts.run() gives (message, (type, key, number)) tuples: the message is what rpm says.
+    if isinstance(p, tuple) and p and isinstance(p[0], str):
+        return p[0]
+    return str(p)
 
 
 def _dep_problem(p: Any) -> str:

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from lulayer import fsutil
 from lulayer.apply.overlay import (
     MountInfo,
     is_overlay_with_redirect_dir,
@@ -19,8 +21,6 @@ from lulayer.apply.overlay import (
     parse_mountinfo,
     unmount,
 )
-
-from lulayer import fsutil
 from lulayer.errors import LiveApplyError
 
 

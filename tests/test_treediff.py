@@ -13,6 +13,7 @@ import pytest
 
 gi.require_version("OSTree", "1.0")
 from gi.repository import Gio, OSTree  # noqa: E402
+
 from lulayer.apply.diff import (  # noqa: E402
     DirEntry,
     FileEntry,
@@ -22,7 +23,6 @@ from lulayer.apply.diff import (  # noqa: E402
     read_dir_meta,
     read_file_object,
 )
-
 from lulayer.errors import LiveApplyError  # noqa: E402
 
 IS_ROOT = os.geteuid() == 0

@@ -1,0 +1,267 @@
+"""Bad input to the real CLI: one `error:` line, a non-zero exit, no traceback, nothing changed.
+
+Each test runs ``python -m lulayer --sysroot SYSROOT ...`` as a subprocess on a fresh
+fixture sysroot, with the bad input made for real (a broken repository, a garbled rpm,
+an unsigned package under gpgcheck=1, a broken booted marker, an unprivileged user), and
+checks the message a user sees and that the deployments and the OSTree repository
+(``ostree/``, minus the resolver's download cache and the repository's tmp) are as before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import pytest
+
+from fixtures import build as fixtures_build
+
+TOP = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.root
+
+# What may change on a failed run: the resolver's metadata/package cache, ostree's scratch.
+UNTRACKED = ("deploy/fedora/var/cache", "repo/tmp")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def cli(sysroot: Path, *args: str, prefix: Sequence[str] = (), debug: bool = False) -> subprocess.CompletedProcess[str]:
+    argv = [*prefix, sys.executable, "-m", "lulayer", "--sysroot", str(sysroot), *(["--debug"] if debug else []), *args]
+    return subprocess.run(argv, capture_output=True, text=True, cwd=TOP, timeout=300,
+                          env=dict(os.environ, LC_ALL="C.UTF-8"))
+
+
+def tree_snapshot(root: Path, skip: Iterable[str] = ()) -> dict[str, tuple[object, ...]]:
+    """path -> (mode, uid, gid, size, sha256 or link target) for everything under ROOT."""
+    skipped = set(skip)
+    snap: dict[str, tuple[object, ...]] = {}
+    if not root.exists():
+        return snap
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = os.path.relpath(dirpath, root)
+        dirnames[:] = sorted(d for d in dirnames if os.path.normpath(os.path.join(rel_dir, d)) not in skipped)
+        for name in [*dirnames, *sorted(filenames)]:
+            full = os.path.join(dirpath, name)
+            rel = os.path.normpath(os.path.join(rel_dir, name))
+            if rel in skipped:
+                continue
+            st = os.lstat(full)
+            if stat.S_ISREG(st.st_mode):
+                with open(full, "rb") as f:
+                    content = hashlib.file_digest(f, "sha256").hexdigest()
+            elif stat.S_ISLNK(st.st_mode):
+                content = "-> " + os.readlink(full)
+            else:
+                content = ""
+            snap[rel] = (st.st_mode, st.st_uid, st.st_gid, 0 if stat.S_ISDIR(st.st_mode) else st.st_size, content)
+    return snap
+
+
+class State:
+    """The deployment list and a snapshot of ostree/ of a sysroot, to compare before/after."""
+
+    def __init__(self, sysroot: Path) -> None:
+        self.sysroot = sysroot
+        self.deployments = fixtures_build.deployments(sysroot) if (sysroot / "ostree/repo").is_dir() else []
+        self.files = tree_snapshot(sysroot / "ostree", UNTRACKED)
+
+    def assert_unchanged(self) -> None:
+        after = State(self.sysroot)
+        assert after.deployments == self.deployments
+        added = sorted(set(after.files) - set(self.files))
+        removed = sorted(set(self.files) - set(after.files))
+        changed = sorted(p for p in set(self.files) & set(after.files) if self.files[p] != after.files[p])
+        assert not (added or removed or changed), f"added {added[:10]}, removed {removed[:10]}, changed {changed[:10]}"
+
+
+def assert_error(proc: subprocess.CompletedProcess[str], *needles: str) -> str:
+    """One `error:` line on stderr (no traceback), non-zero exit; returns the line."""
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode != 0, f"exit 0\n{proc.stdout}{proc.stderr}"
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def repo_file(sysroot: Path) -> Path:
+    return fixtures_build.booted_deployment(sysroot) / fixtures_build.REPO_FILE
+
+
+def set_repo_options(sysroot: Path, **options: str) -> None:
+    """Set KEY=VALUE lines of the booted deployment's fixture .repo file."""
+    path = repo_file(sysroot)
+    lines = path.read_text().splitlines()
+    for key, value in options.items():
+        lines = [ln for ln in lines if not ln.startswith(f"{key}=")] + [f"{key}={value}"]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def copy_repo(fixture_repo: Path, dest: Path) -> Path:
+    shutil.copytree(fixture_repo, dest)
+    return dest
+
+
+# --------------------------------------------------------------------------- package errors
+
+
+def test_unknown_package_is_refused(sysroot: Path) -> None:
+    state = State(sysroot)
+    assert_error(cli(sysroot, "install", "no-such-package"), "no-such-package")
+    state.assert_unchanged()
+
+
+def test_unsatisfiable_dependency_is_refused(sysroot: Path) -> None:
+    state = State(sysroot)
+    assert_error(cli(sysroot, "install", "needs-missing"), "no-such-capability")
+    state.assert_unchanged()
+
+
+def test_file_conflict_with_base_is_refused(sysroot: Path) -> None:
+    state = State(sysroot)
+    line = assert_error(cli(sysroot, "install", "conflicts-base"), "/usr/lib/os-release",
+                        "conflicts with file from package fedora-release")
+    assert "', (" not in line, f"rpm's problem tuple leaked into the message: {line}"
+    state.assert_unchanged()
+    assert not list((sysroot / "ostree/repo/tmp").glob("lulayer-compose-*"))
+
+
+def test_already_layered_is_refused_unless_idempotent(sysroot: Path) -> None:
+    assert cli(sysroot, "install", "htop").returncode == 0
+    state = State(sysroot)
+    assert_error(cli(sysroot, "install", "htop"), "already requested", "htop")
+    state.assert_unchanged()
+
+    proc = cli(sysroot, "install", "--idempotent", "htop")
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    state.assert_unchanged()
+
+
+@pytest.mark.parametrize("name", ["postscript", "busybox"], ids=["not-layered", "base-package"])
+def test_uninstall_of_package_not_layered_is_refused(sysroot: Path, name: str) -> None:
+    assert cli(sysroot, "install", "htop").returncode == 0
+    state = State(sysroot)
+    assert_error(cli(sysroot, "uninstall", name), name)
+    state.assert_unchanged()
+
+
+def test_uninstall_with_nothing_layered_is_refused(sysroot: Path) -> None:
+    state = State(sysroot)
+    assert_error(cli(sysroot, "uninstall", "--all"), "no package is layered")
+    state.assert_unchanged()
+
+
+# --------------------------------------------------------------------------- repository errors
+
+
+def test_unreachable_repository_is_refused(sysroot: Path) -> None:
+    set_repo_options(sysroot, baseurl="file:///nonexistent")
+    state = State(sysroot)
+    assert_error(cli(sysroot, "install", "htop"), "repository")
+    state.assert_unchanged()
+
+
+@pytest.mark.parametrize("damage", ["garbled-repomd", "truncated-primary"])
+def test_corrupt_repository_metadata_is_refused(sysroot: Path, fixture_repo: Path, tmp_path: Path,
+                                                damage: str) -> None:
+    repo = copy_repo(fixture_repo, tmp_path / "repo")
+    if damage == "garbled-repomd":
+        (repo / "repodata/repomd.xml").write_text("<repomd this is not xml\n")
+    else:
+        primary = next((repo / "repodata").glob("*primary.xml*"))
+        data = primary.read_bytes()
+        primary.write_bytes(data[: len(data) // 2])
+    set_repo_options(sysroot, baseurl=f"file://{repo}")
+    state = State(sysroot)
+    assert_error(cli(sysroot, "install", "htop"))
+    state.assert_unchanged()
+
+
+def test_rpm_whose_digest_does_not_match_metadata_is_refused(sysroot: Path, fixture_repo: Path,
+                                                              tmp_path: Path) -> None:
+    repo = copy_repo(fixture_repo, tmp_path / "repo")
+    htop = next(repo.glob("htop-*.rpm"))
+    # Another real package's bytes under htop's name: a valid rpm, the wrong digest.
+    shutil.copyfile(fixtures_build.rpm_path("postscript"), htop)
+    set_repo_options(sysroot, baseurl=f"file://{repo}")
+    state = State(sysroot)
+    assert_error(cli(sysroot, "install", "htop"), htop.name, "does not match")
+    state.assert_unchanged()
+
+
+def test_rpm_missing_from_repository_is_refused(sysroot: Path, fixture_repo: Path, tmp_path: Path) -> None:
+    repo = copy_repo(fixture_repo, tmp_path / "repo")
+    htop = next(repo.glob("htop-*.rpm"))
+    htop.unlink()
+    set_repo_options(sysroot, baseurl=f"file://{repo}")
+    state = State(sysroot)
+    assert_error(cli(sysroot, "install", "htop"), htop.name, "missing")
+    state.assert_unchanged()
+
+
+def test_unsigned_package_under_gpgcheck_is_refused(sysroot: Path, tmp_path: Path) -> None:
+    gnupg = tmp_path / "gnupg"
+    gnupg.mkdir(mode=0o700)
+    env = dict(os.environ, GNUPGHOME=str(gnupg))
+    subprocess.run(["gpg", "--batch", "--passphrase", "", "--quick-gen-key", "lulayer test <test@lulayer.invalid>",
+                    "default", "default", "never"], env=env, check=True, capture_output=True)
+    key = subprocess.run(["gpg", "--batch", "--armor", "--export", "test@lulayer.invalid"],
+                         env=env, check=True, capture_output=True).stdout
+    assert b"BEGIN PGP PUBLIC KEY BLOCK" in key
+    key_dir = fixtures_build.booted_deployment(sysroot) / "etc/pki/rpm-gpg"
+    key_dir.mkdir(parents=True, exist_ok=True)
+    (key_dir / "RPM-GPG-KEY-lulayer-test").write_bytes(key)
+    set_repo_options(sysroot, gpgcheck="1", gpgkey="file:///etc/pki/rpm-gpg/RPM-GPG-KEY-lulayer-test")
+    state = State(sysroot)
+    assert_error(cli(sysroot, "install", "htop"), "not signed")
+    state.assert_unchanged()
+
+
+# --------------------------------------------------------------------------- sysroot errors
+
+
+def test_folder_that_is_not_a_sysroot_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "not-a-sysroot"
+    folder.mkdir()
+    assert_error(cli(folder, "install", "htop"), "not an OSTree sysroot")
+    assert list(folder.iterdir()) == []
+
+
+def test_missing_booted_marker_is_refused(sysroot: Path) -> None:
+    (sysroot / fixtures_build.BOOTED_MARKER).unlink()
+    state = State(sysroot)
+    assert_error(cli(sysroot, "install", "htop"), "missing")
+    assert_error(cli(sysroot, "status"), "missing")
+    state.assert_unchanged()
+
+
+def test_stale_booted_marker_is_refused(sysroot: Path) -> None:
+    (sysroot / fixtures_build.BOOTED_MARKER).write_text(f"ostree/deploy/fedora/deploy/{'0' * 64}.0\n")
+    state = State(sysroot)
+    assert_error(cli(sysroot, "install", "htop"), "not a deployment")
+    state.assert_unchanged()
+
+
+def test_mutating_command_as_non_root_is_refused(sysroot: Path) -> None:
+    state = State(sysroot)
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    assert_error(cli(sysroot, "install", "htop", prefix=nobody), "root")
+    state.assert_unchanged()
+
+
+def test_debug_shows_traceback(sysroot: Path) -> None:
+    state = State(sysroot)
+    proc = cli(sysroot, "install", "no-such-package", debug=True)
+    assert proc.returncode != 0
+    assert "Traceback" in proc.stderr
+    assert "ResolveError" in proc.stderr and "no-such-package" in proc.stderr
+    state.assert_unchanged()

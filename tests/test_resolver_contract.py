@@ -1,0 +1,110 @@
+"""The resolver contract, run against every backend of lulayer.layering.resolver.Backend.
+
+Each backend that imports (available_backends()) resolves against the real fixture
+repository with the real base rpmdb (a private copy of the fixture sysroot's); a
+backend that does not import is skipped with the reason available_backends() gives
+(Debian packages no libdnf5).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+
+import pytest
+
+from fixtures import build as fixtures_build
+from lulayer.errors import ResolveError
+from lulayer.layering.resolver import (
+    Backend,
+    RepoConfig,
+    Resolution,
+    Resolver,
+    ResolveRequest,
+    available_backends,
+    make_resolver,
+)
+from lulayer.rpmdb.db import snapshot, tree_dbpath
+
+pytestmark = pytest.mark.root
+
+
+@pytest.fixture(params=list(Backend), ids=[b.value for b in Backend])
+def resolver(request: pytest.FixtureRequest) -> Resolver:
+    backend: Backend = request.param
+    reason = available_backends()[backend]
+    if reason is not None:
+        pytest.skip(reason)
+    r = make_resolver(backend)
+    assert r.backend is backend
+    return r
+
+
+@pytest.fixture
+def base_root() -> Iterator[tuple[Path, PurePosixPath]]:
+    """A private root with a copy of the fixture base image's rpmdb, and its dbpath."""
+    template = fixtures_build.sysroot_template()
+    deployment = fixtures_build.booted_deployment(template)
+    dbpath = tree_dbpath(deployment)
+    with snapshot(deployment / str(dbpath).lstrip("/"), dbpath) as root:
+        yield root, dbpath
+
+
+def request_for(base_root: tuple[Path, PurePosixPath], repo: Path, cache: Path, *names: str) -> ResolveRequest:
+    root, dbpath = base_root
+    return ResolveRequest(
+        installed_root=root, dbpath=dbpath, cache_dir=cache, releasever="41", install=names,
+        repos=(RepoConfig(id=fixtures_build.REPO_ID, name="lulayer fixtures", baseurls=(f"file://{repo}",)),),
+    )
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_resolving_htop_gives_htop_and_its_dependency(resolver: Resolver, base_root: tuple[Path, PurePosixPath],
+                                                      fixture_repo: Path, tmp_path: Path) -> None:
+    resolution = resolver.resolve(request_for(base_root, fixture_repo, tmp_path / "cache", "htop"))
+    assert isinstance(resolution, Resolution)
+    by_name = {r.package.name: r for r in resolution.install}
+    assert sorted(by_name) == ["htop", "ncurses-libs"]
+    assert by_name["htop"].package.nevra == "htop-3.3.0-1.fc41.x86_64"
+    assert by_name["ncurses-libs"].package.nevra == "ncurses-libs-6.4-1.fc41.x86_64"
+    for r in resolution.install:
+        assert r.repo_id == fixtures_build.REPO_ID
+        rpm_file = fixture_repo / r.location
+        assert rpm_file.is_file(), r.location
+        assert rpm_file.name == f"{r.package.nevra}.rpm"
+        kind, _, digest = r.checksum.partition(":")
+        assert kind == "sha256"
+        assert digest == sha256(rpm_file)
+
+
+def test_download_returns_files_matching_the_metadata(resolver: Resolver, base_root: tuple[Path, PurePosixPath],
+                                                      fixture_repo: Path, tmp_path: Path) -> None:
+    resolution = resolver.resolve(request_for(base_root, fixture_repo, tmp_path / "cache", "htop"))
+    paths = resolver.download(resolution)
+    assert len(paths) == len(resolution.install)
+    for r, path in zip(resolution.install, paths, strict=True):
+        assert Path(path).is_file()
+        assert r.checksum == f"sha256:{sha256(Path(path))}"
+        assert Path(path).name == f"{r.package.nevra}.rpm"
+
+
+def test_unknown_name_raises_resolve_error(resolver: Resolver, base_root: tuple[Path, PurePosixPath],
+                                           fixture_repo: Path, tmp_path: Path) -> None:
+    with pytest.raises(ResolveError, match="no-such-package"):
+        resolver.resolve(request_for(base_root, fixture_repo, tmp_path / "cache", "no-such-package"))
+
+
+def test_unsatisfiable_dependency_raises_resolve_error(resolver: Resolver, base_root: tuple[Path, PurePosixPath],
+                                                       fixture_repo: Path, tmp_path: Path) -> None:
+    with pytest.raises(ResolveError, match="no-such-capability"):
+        resolver.resolve(request_for(base_root, fixture_repo, tmp_path / "cache", "needs-missing"))
+
+
+def test_every_backend_is_reported() -> None:
+    reasons = available_backends()
+    assert set(reasons) == set(Backend)
+    assert any(r is None for r in reasons.values()), f"no backend imports: {reasons}"
