@@ -6,10 +6,50 @@ rollback target) and so does the rollback it had, as rpm-ostree keeps them.
 
 from __future__ import annotations
 
+import ctypes
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+
 from gi.repository import GLib, OSTree
 
 from lulayer.errors import SysrootError
 from lulayer.sysroot import Deployment, Origin, Sysroot
+
+_CAP_SYS_ADMIN = 21
+_CAPS_V3 = 0x20080522
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+@contextmanager
+def _without_sys_admin() -> Iterator[None]:
+    """Drop CAP_SYS_ADMIN from this thread's effective set for the block, then raise it again.
+
+    libostree ends a deployment write with an FIFREEZE/FITHAW cycle on the file
+    system holding /boot. On a folder sysroot that is the host's own file
+    system, which a freeze stalls for everyone; without the capability the
+    ioctl fails with EPERM and libostree falls back to syncfs.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    header = _CapHeader(_CAPS_V3, 0)
+    data = (_CapData * 2)()
+    if libc.capget(ctypes.byref(header), data) != 0:
+        yield
+        return
+    saved = data[0].effective
+    data[0].effective = saved & ~(1 << _CAP_SYS_ADMIN)
+    libc.capset(ctypes.byref(header), data)
+    try:
+        yield
+    finally:
+        data[0].effective = saved
+        libc.capset(ctypes.byref(header), data)
 
 
 def _write(sysroot: Sysroot, order: list[OSTree.Deployment]) -> None:
@@ -17,7 +57,8 @@ def _write(sysroot: Sysroot, order: list[OSTree.Deployment]) -> None:
     # Pruning the repository walks every reachable object; `lulayer cleanup` does it.
     opts.do_postclean = False
     try:
-        sysroot.ostree.write_deployments_with_options(order, opts, None)
+        with _without_sys_admin() if sysroot.folder else nullcontext():
+            sysroot.ostree.write_deployments_with_options(order, opts, None)
         sysroot.ostree.prepare_cleanup(None)
     except GLib.Error as e:
         raise SysrootError(f"writing the deployment list failed: {e.message}") from e
