@@ -202,3 +202,28 @@ def temp_files_under(root: Path) -> list[str]:
     for dirpath, _dirs, files in os.walk(root):
         found += [os.path.join(dirpath, f) for f in files if f.startswith(".") and f.endswith(".tmp")]
     return found
+
+
+def tree_snapshot(root: Path, skip: Iterable[str] = ()) -> dict[str, tuple[object, ...]]:
+    """Every entry under ROOT (not following symlinks): path -> (mode, uid, gid, size, sha256 or link)."""
+    skipped = set(skip)
+    snap: dict[str, tuple[object, ...]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = os.path.relpath(dirpath, root)
+        dirnames[:] = sorted(d for d in dirnames if os.path.normpath(os.path.join(rel_dir, d)) not in skipped)
+        for name in [*dirnames, *sorted(filenames)]:
+            full = os.path.join(dirpath, name)
+            rel = os.path.normpath(os.path.join(rel_dir, name))
+            if rel in skipped:
+                continue
+            st = os.lstat(full)
+            if stat.S_ISREG(st.st_mode):
+                with open(full, "rb") as f:
+                    content = hashlib.file_digest(f, "sha256").hexdigest()
+            elif stat.S_ISLNK(st.st_mode):
+                content = "-> " + os.readlink(full)
+            else:
+                content = ""
+            size = st.st_size if not stat.S_ISDIR(st.st_mode) else 0
+            snap[rel] = (st.st_mode, st.st_uid, st.st_gid, size, content)
+    return snap

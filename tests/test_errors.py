@@ -9,18 +9,17 @@ checks the message a user sees and that the deployments and the OSTree repositor
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
-import stat
 import subprocess
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from fixtures import build as fixtures_build
+from tests.helpers import tree_snapshot
 
 TOP = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.root
@@ -36,32 +35,6 @@ def cli(sysroot: Path, *args: str, prefix: Sequence[str] = (), debug: bool = Fal
     argv = [*prefix, sys.executable, "-m", "lulayer", "--sysroot", str(sysroot), *(["--debug"] if debug else []), *args]
     return subprocess.run(argv, capture_output=True, text=True, cwd=TOP, timeout=300,
                           env=dict(os.environ, LC_ALL="C.UTF-8"))
-
-
-def tree_snapshot(root: Path, skip: Iterable[str] = ()) -> dict[str, tuple[object, ...]]:
-    """path -> (mode, uid, gid, size, sha256 or link target) for everything under ROOT."""
-    skipped = set(skip)
-    snap: dict[str, tuple[object, ...]] = {}
-    if not root.exists():
-        return snap
-    for dirpath, dirnames, filenames in os.walk(root):
-        rel_dir = os.path.relpath(dirpath, root)
-        dirnames[:] = sorted(d for d in dirnames if os.path.normpath(os.path.join(rel_dir, d)) not in skipped)
-        for name in [*dirnames, *sorted(filenames)]:
-            full = os.path.join(dirpath, name)
-            rel = os.path.normpath(os.path.join(rel_dir, name))
-            if rel in skipped:
-                continue
-            st = os.lstat(full)
-            if stat.S_ISREG(st.st_mode):
-                with open(full, "rb") as f:
-                    content = hashlib.file_digest(f, "sha256").hexdigest()
-            elif stat.S_ISLNK(st.st_mode):
-                content = "-> " + os.readlink(full)
-            else:
-                content = ""
-            snap[rel] = (st.st_mode, st.st_uid, st.st_gid, 0 if stat.S_ISDIR(st.st_mode) else st.st_size, content)
-    return snap
 
 
 class State:

@@ -8,20 +8,19 @@ the deployments libostree lists, the files and rpmdb of the new tree, the .origi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
-import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from fixtures import build as fixtures_build
+from tests.helpers import tree_snapshot
 
 TOP = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.root
@@ -53,31 +52,6 @@ def booted(sysroot: Path) -> Path:
 
 def deployments(sysroot: Path) -> list[Path]:
     return fixtures_build.deployments(sysroot)
-
-
-def tree_snapshot(root: Path, skip: Iterable[str] = ()) -> dict[str, tuple[object, ...]]:
-    """Every entry under ROOT (not following symlinks): path -> (mode, uid, gid, size, sha256 or link)."""
-    skipped = set(skip)
-    snap: dict[str, tuple[object, ...]] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        rel_dir = os.path.relpath(dirpath, root)
-        dirnames[:] = sorted(d for d in dirnames if os.path.normpath(os.path.join(rel_dir, d)) not in skipped)
-        for name in [*dirnames, *sorted(filenames)]:
-            full = os.path.join(dirpath, name)
-            rel = os.path.normpath(os.path.join(rel_dir, name))
-            if rel in skipped:
-                continue
-            st = os.lstat(full)
-            if stat.S_ISREG(st.st_mode):
-                with open(full, "rb") as f:
-                    content = hashlib.file_digest(f, "sha256").hexdigest()
-            elif stat.S_ISLNK(st.st_mode):
-                content = "-> " + os.readlink(full)
-            else:
-                content = ""
-            size = st.st_size if not stat.S_ISDIR(st.st_mode) else 0
-            snap[rel] = (st.st_mode, st.st_uid, st.st_gid, size, content)
-    return snap
 
 
 def assert_same_snapshot(before: dict[str, tuple[object, ...]], after: dict[str, tuple[object, ...]]) -> None:
