@@ -201,12 +201,23 @@ def mount_overlay(
     data = ",".join(opts).encode()
     if len(data) > _MAX_MOUNT_DATA:
         raise LiveApplyError(f"overlay options for {target} are too long ({len(data)} bytes)")
-    if _libc.mount(b"overlay", os.fsencode(target), b"overlay", 0, data) != 0:
+    mount("overlay", target, "overlay", data=data.decode(),
+          hint="the kernel log (dmesg) says why overlayfs refused it")
+
+
+MS_RDONLY: Final = 1
+MS_REMOUNT: Final = 32
+MS_BIND: Final = 4096
+
+
+def mount(source: str | None, target: Path, fstype: str | None, flags: int = 0, data: str | None = None,
+          *, hint: str | None = None) -> None:
+    """mount(2); a failure raises LiveApplyError naming the target."""
+    if _libc.mount(source.encode() if source else None, os.fsencode(target), fstype.encode() if fstype else None,
+                   flags, data.encode() if data else None) != 0:
         err = ctypes.get_errno()
-        raise LiveApplyError(
-            f"cannot mount an overlay on {target}: {os.strerror(err)}",
-            hint="the kernel log (dmesg) says why overlayfs refused it",
-        )
+        what = f"an {fstype}" if fstype else "a mount"
+        raise LiveApplyError(f"cannot mount {what} on {target}: {os.strerror(err)}", hint=hint)
 
 
 def unmount(target: Path, *, lazy: bool = False) -> None:

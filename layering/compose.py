@@ -194,33 +194,27 @@ def _commit_upper(repo: OSTree.Repo, req: ComposeRequest, upper_root: Path, uppe
 
 # --- the child process: mounts and the rpm transaction -----------------------------------
 
-def _mount(*args: str) -> None:
-    run(["mount", *args])
-
-
 def _worker(job: dict[str, object]) -> None:
+    from lulayer.apply.overlay import MS_BIND, mount, mount_overlay
     from lulayer.rpmdb.transaction import install_rpms, make_readonly_safe
 
-    lower, merged = str(job["lower"]), Path(str(job["merged"]))
-    # metacopy and redirects off: the upper layer must hold whole files and
+    lower, merged = Path(str(job["lower"])), Path(str(job["merged"]))
+    # Redirects and metacopy off: the upper layer must hold whole files and
     # real directories, since it is committed as it is.
-    opts = "redirect_dir=off,metacopy=off,index=off"
-    _mount("-t", "overlay", "overlay", "-o",
-           f"lowerdir={lower},upperdir={job['upper-root']},workdir={job['work-root']},{opts}", str(merged))
+    mount_overlay(merged, lower, Path(str(job["upper-root"])), Path(str(job["work-root"])), redirect_dir=False)
     (merged / "etc").mkdir(exist_ok=True)
-    _mount("-t", "overlay", "overlay", "-o",
-           f"lowerdir={lower}/usr/etc,upperdir={job['upper-etc']},workdir={job['work-etc']},{opts}",
-           str(merged / "etc"))
+    mount_overlay(merged / "etc", lower / "usr" / "etc", Path(str(job["upper-etc"])), Path(str(job["work-etc"])),
+                  redirect_dir=False)
     for d in ("proc", "dev", "run", "tmp"):
         (merged / d).mkdir(exist_ok=True)
-    _mount("-t", "proc", "proc", str(merged / "proc"))
-    _mount("-t", "tmpfs", "tmpfs", str(merged / "run"))
-    _mount("-t", "tmpfs", "tmpfs", str(merged / "tmp"))
-    _mount("-t", "tmpfs", "-o", "mode=0755", "tmpfs", str(merged / "dev"))
+    mount("proc", merged / "proc", "proc")
+    mount("tmpfs", merged / "run", "tmpfs")
+    mount("tmpfs", merged / "tmp", "tmpfs")
+    mount("tmpfs", merged / "dev", "tmpfs", data="mode=0755")
     for node in ("null", "zero", "full", "random", "urandom", "tty"):
         target = merged / "dev" / node
         target.touch()
-        _mount("--bind", f"/dev/{node}", str(target))
+        mount(f"/dev/{node}", target, None, MS_BIND)
     rpms = [Path(str(p)) for p in job["rpms"]]  # type: ignore[attr-defined]
     dbpath = PurePosixPath(str(job["dbpath"]))
     install_rpms(merged, dbpath, rpms)

@@ -9,6 +9,7 @@ Debian's rpm would say ~/.rpmdb.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
@@ -161,11 +162,13 @@ def tree_packages(root: Path) -> tuple[Package, ...]:
         return read_packages(snap, dbpath)
 
 
+@functools.lru_cache(maxsize=32)
 def commit_packages(repo: OSTree.Repo, checksum: str, dbpath: PurePosixPath) -> tuple[Package, ...]:
     """The packages of an OSTree commit, read from a private copy of its rpmdb.
 
     Reads the repository, not a checkout: a deployment's /usr may have a live
-    overlay on it that hides what the commit itself holds.
+    overlay on it that hides what the commit itself holds. A commit never
+    changes, so the answer is kept for the process.
     """
     with tempfile.TemporaryDirectory(prefix="lulayer-rpmdb-") as tmp:
         dest = Path(tmp) / str(dbpath).lstrip("/")
