@@ -1,0 +1,574 @@
+"""lulayer's benchmark: install --live, apply-live and compose against dnf and ostree.
+
+Run it as ``./dev bench [--sizes 1000,10000,100000] [--runs N] [--json FILE]``. For
+each size (files added to the base image, see fixtures.build.sysroot_template) and
+each run, on fresh clones of the template sysroot (cloning and copying are set-up,
+never timed), it measures side by side:
+
+* ``install_live_s``: ``lulayer install htop --live``, end to end (subprocess wall time);
+* ``apply_live_s``: ``lulayer apply-live`` alone, after an untimed ``lulayer install htop``;
+* ``install_s``: ``lulayer install htop`` (compose and deploy, no --live) alone — it is
+  that same install, on the same clone;
+* ``peak_rss_mb``: the peak RSS of the end-to-end run (wait4's ru_maxrss: the lulayer
+  process, or the largest of the children it waited for), in MiB;
+* ``dnf_s``: baseline 1, python3-dnf (the system interpreter) installing htop and its
+  ncurses-libs into a plain ``cp -a`` copy of the booted deployment (installroot);
+* ``ostree_union_add_s``: baseline 2, ``ostree checkout --union-add`` of the target
+  commit (the pending deployment's) onto another copy of the booted deployment, which
+  is what rpm-ostree's apply-live does.
+
+The repository cache is warm: one untimed install on a throwaway clone per size fills
+its var/cache/lulayer, which is copied into each fresh clone before the timed command
+(the dnf baseline gets its own cache directory, warmed the same way). Everything is
+flushed (sync) after set-up, before each timed command.
+
+The numbers are reported, with the issue's targets and whether each was met; a missed
+target never fails the run. The whole benchmark runs in a private mount namespace (it
+re-executes itself under ``unshare --mount --propagation private``), so the live
+overlays never reach the host.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+TOP = Path(__file__).resolve().parent.parent
+if str(TOP) not in sys.path:
+    sys.path.insert(0, str(TOP))
+
+from fixtures import build as fb  # noqa: E402  (needs TOP on sys.path)
+
+NAMESPACE_ENV = "LULAYER_BENCH_NAMESPACE"
+TEST_NAMESPACE_ENV = "LULAYER_TEST_NAMESPACE"  # the test suite's private namespace (tests/conftest.py)
+DEFAULT_SIZES = (1000, 10000, 100000)
+DEFAULT_RUNS = 3
+PACKAGE = "htop"
+SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's python3-dnf is built for it
+
+# Every measurement of a run, in table order: key, column heading, unit.
+MEASURES: tuple[tuple[str, str, str], ...] = (
+    ("install_live_s", "install --live", "s"),
+    ("apply_live_s", "apply-live", "s"),
+    ("install_s", "install (no --live)", "s"),
+    ("dnf_s", "dnf baseline", "s"),
+    ("ostree_union_add_s", "ostree union-add", "s"),
+    ("peak_rss_mb", "peak RSS e2e", "MiB"),
+)
+MEASURED_KEYS: tuple[str, ...] = tuple(k for k, _, _ in MEASURES)
+# Also recorded per run (JSON only): the peak RSS of the two phase commands.
+EXTRA_KEYS: tuple[str, ...] = ("install_rss_mb", "apply_live_rss_mb")
+RATIO_KEYS: tuple[str, ...] = ("install_live_vs_dnf", "apply_live_vs_ostree_union_add")
+
+CACHE_METHOD = (
+    "warm: var/cache/lulayer of an untimed warm-up `install htop --live` on a throwaway clone "
+    "(one per size) is copied into each fresh clone before timing; the dnf baseline uses its own "
+    "cache directory, warmed by one untimed dnf run per size"
+)
+TARGET_LIVE_SCALING = 1.5
+TARGET_RSS_MB = 150.0
+TARGET_RSS_SIZE = 100000
+
+# Baseline 1: dnf (python3-dnf) into a plain copy of the live tree. Its persistdir and
+# logdir go inside the copy, as the dnf command puts them under --installroot; left
+# at their defaults, they would be the host's /var/lib/dnf and /var/log.
+DNF_SCRIPT = r"""
+import os, sys
+import dnf, rpm
+root, baseurl, cachedir, pkg = sys.argv[1:5]
+base = dnf.Base()
+conf = base.conf
+conf.installroot = root
+conf.cachedir = cachedir
+conf.persistdir = os.path.join(root, "var/lib/dnf")
+conf.logdir = os.path.join(root, "var/log")
+for d in (conf.persistdir, conf.logdir):
+    os.makedirs(d, exist_ok=True)
+conf.reposdir = []
+conf.substitutions["releasever"] = "41"
+conf.assumeyes = True
+conf.install_weak_deps = False
+conf.gpgcheck = False
+base.repos.add_new_repo("lulayer-fixtures", conf, baseurl=[baseurl])
+# dnf.Base() reloads rpm's configuration: point %_dbpath at the tree's only now.
+rpm.addMacro("_dbpath", "/usr/share/rpm")
+base.fill_sack(load_system_repo=True, load_available_repos=True)
+base.install(pkg)
+base.resolve()
+pkgs = list(base.transaction.install_set)
+base.download_packages(pkgs)
+base.do_transaction()
+print(" ".join(sorted(str(p) for p in pkgs)))
+"""
+
+
+class BenchError(RuntimeError):
+    """A benchmarked or set-up command failed (the message carries its output)."""
+
+
+# --------------------------------------------------------------------------- the namespace
+
+
+def in_private_namespace() -> bool:
+    return bool(os.environ.get(NAMESPACE_ENV) or os.environ.get(TEST_NAMESPACE_ENV))
+
+
+def reexec_in_private_namespace(argv: Sequence[str]) -> None:
+    """Re-execute this module under `unshare --mount --propagation private` (once)."""
+    if in_private_namespace():
+        return
+    if os.geteuid() != 0:
+        sys.exit("error: the benchmark needs root (it mounts overlays and builds OSTree sysroots)")
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        sys.exit("error: unshare(1) (util-linux) is needed for a private mount namespace")
+    env = dict(os.environ, **{NAMESPACE_ENV: "1"})
+    cmd = [unshare, "--mount", "--propagation", "private", sys.executable, "-m", "tests.bench", *argv]
+    os.chdir(TOP)
+    os.execve(unshare, cmd, env)
+
+
+# --------------------------------------------------------------------------- running
+
+
+@dataclass(frozen=True)
+class Timed:
+    seconds: float
+    maxrss_kib: int
+    stdout: str
+    stderr: str
+
+
+def _env() -> dict[str, str]:
+    return dict(os.environ, LC_ALL="C", LANG="C")
+
+
+def _describe(cmd: Sequence[str], code: int, out: str, err: str) -> str:
+    return f"$ {' '.join(cmd)}\nexit {code}\n--- stdout\n{out}--- stderr\n{err}"
+
+
+def timed(cmd: Sequence[str | os.PathLike[str]]) -> Timed:
+    """Run CMD; its wall time and wait4's ru_maxrss. A failure raises BenchError."""
+    args = [os.fspath(c) for c in cmd]
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=_env(), cwd=TOP)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
+        out.seek(0)
+        err.seek(0)
+        stdout = out.read().decode(errors="replace")
+        stderr = err.read().decode(errors="replace")
+    if proc.returncode != 0:
+        raise BenchError(_describe(args, proc.returncode, stdout, stderr))
+    return Timed(seconds, int(usage.ru_maxrss), stdout, stderr)
+
+
+def run(cmd: Sequence[str | os.PathLike[str]]) -> str:
+    """Run a set-up command (untimed); its stdout. A failure raises BenchError."""
+    args = [os.fspath(c) for c in cmd]
+    proc = subprocess.run(args, capture_output=True, text=True, env=_env(), cwd=TOP, check=False)
+    if proc.returncode != 0:
+        raise BenchError(_describe(args, proc.returncode, proc.stdout, proc.stderr))
+    return proc.stdout
+
+
+def lulayer(sysroot: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "lulayer", "--sysroot", str(sysroot), *args]
+
+
+T = TypeVar("T")
+
+
+def _retrying(what: str, make: Callable[[], T], attempts: int = 3) -> T:
+    # The fixture cache is shared: another process that builds the fixtures of changed
+    # inputs prunes the old ones, possibly while we copy them. Get them again then.
+    for attempt in range(1, attempts + 1):
+        try:
+            return make()
+        except (fb.FixtureError, OSError, shutil.Error) as e:
+            if attempt == attempts:
+                raise
+            print(f"  ({what} failed, retrying: {str(e).splitlines()[0]})", file=sys.stderr)
+    raise AssertionError("unreachable")
+
+
+# --------------------------------------------------------------------------- set-up
+
+
+def _cp_a(src: Path, dest: Path) -> None:
+    run(["cp", "-a", "--no-target-directory", src, dest])
+
+
+def _remove(path: Path) -> None:
+    fb.remove_sysroot(path)  # unmounts, clears immutable attributes, removes (files too)
+
+
+def _cache_dir(sysroot: Path) -> Path:
+    return sysroot / "ostree" / "deploy" / fb.OSNAME / "var" / "cache" / "lulayer"
+
+
+def _pending_commit(sysroot: Path) -> str:
+    """The checksum of the default (first) deployment: the pending one after an install."""
+    return fb.deployments(sysroot)[0].name.split(".")[0]
+
+
+def _sync() -> None:
+    os.sync()
+
+
+@dataclass
+class Workdir:
+    root: Path
+    repo: Path
+
+    def snapshot(self, size: int) -> Path:
+        """A private copy of the template sysroot of SIZE, its repo file pointing at our repo."""
+        dest = self.root / f"template-{size}"
+
+        def make() -> Path:
+            _remove(dest)
+            fb.clone_sysroot(fb.sysroot_template(size), dest)
+            return dest
+
+        _retrying(f"copying the {size}-file template", make)
+        repo_file = fb.booted_deployment(dest) / fb.REPO_FILE
+        text = "\n".join(
+            f"baseurl=file://{self.repo}" if line.startswith("baseurl=") else line
+            for line in repo_file.read_text().splitlines()
+        )
+        repo_file.write_text(text + "\n")
+        return dest
+
+
+def make_workdir(parent: Path | None) -> Workdir:
+    root = Path(tempfile.mkdtemp(prefix="lulayer-bench-", dir=parent)).absolute()
+    repo = root / "repo"
+
+    def make() -> Path:
+        shutil.rmtree(repo, ignore_errors=True)
+        shutil.copytree(fb.fixture_repo(), repo, symlinks=True)
+        return repo
+
+    _retrying("copying the fixture repository", make)
+    return Workdir(root, repo)
+
+
+# --------------------------------------------------------------------------- one size
+
+
+def _check_installed(tree: Path, what: str) -> None:
+    if not (tree / "usr" / "bin" / PACKAGE).exists():
+        raise BenchError(f"{what}: {tree}/usr/bin/{PACKAGE} is missing after the install")
+
+
+def _mib(kib: int) -> float:
+    return kib / 1024
+
+
+class SizeBench:
+    def __init__(self, work: Workdir, size: int) -> None:
+        self.work = work
+        self.size = size
+        self.template = work.snapshot(size)
+        self.cache = work.root / f"cache-{size}"
+        self.dnf_cache = work.root / f"dnf-cache-{size}"
+
+    def clone(self, name: str) -> Path:
+        dest = self.work.root / name
+        _remove(dest)
+        fb.clone_sysroot(self.template, dest)
+        return dest
+
+    def copy_live_tree(self, sysroot: Path, name: str) -> Path:
+        dest = self.work.root / name
+        _remove(dest)
+        _cp_a(fb.booted_deployment(sysroot), dest)
+        fb._set_immutable(dest, False)  # a plain tree, as the booted deployment's copy is
+        return dest
+
+    def give_cache(self, sysroot: Path) -> None:
+        dest = _cache_dir(sysroot)
+        if dest.exists():
+            shutil.rmtree(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        _cp_a(self.cache, dest)
+
+    def dnf(self, tree: Path) -> Timed:
+        return timed([SYSTEM_PYTHON, "-c", DNF_SCRIPT, tree, f"file://{self.work.repo}", self.dnf_cache, PACKAGE])
+
+    def warm_up(self) -> None:
+        """Untimed: fill the lulayer and dnf caches of this size (and the page cache)."""
+        sysroot = self.clone("warmup")
+        try:
+            timed(lulayer(sysroot, "install", PACKAGE, "--live"))
+            shutil.rmtree(self.cache, ignore_errors=True)
+            _cp_a(_cache_dir(sysroot), self.cache)
+        finally:
+            _remove(sysroot)
+        tree = self.copy_live_tree(self.template, "warmup-dnf")
+        try:
+            self.dnf(tree)
+        finally:
+            _remove(tree)
+
+    def one_run(self) -> dict[str, float]:
+        # End to end: install --live on a fresh clone with the warm cache.
+        a = self.clone("run-e2e")
+        try:
+            self.give_cache(a)
+            _sync()
+            e2e = timed(lulayer(a, "install", PACKAGE, "--live"))
+            _check_installed(fb.booted_deployment(a), "install --live")
+        finally:
+            _remove(a)
+
+        # The phases: install (compose + deploy), then apply-live, on another clone;
+        # the baselines on copies of its live tree, made before anything is live.
+        b = self.clone("run-phases")
+        dnf_tree = ostree_tree = None
+        try:
+            self.give_cache(b)
+            _sync()
+            install = timed(lulayer(b, "install", PACKAGE))
+            target = _pending_commit(b)
+            dnf_tree = self.copy_live_tree(b, "run-dnf")
+            ostree_tree = self.copy_live_tree(b, "run-ostree")
+            _sync()
+            apply = timed(lulayer(b, "apply-live"))
+            _check_installed(fb.booted_deployment(b), "apply-live")
+
+            _sync()
+            dnf = self.dnf(dnf_tree)
+            _check_installed(dnf_tree, "dnf baseline")
+
+            _sync()
+            union = timed(["ostree", f"--repo={b / 'ostree' / 'repo'}", "checkout", "--union-add", target,
+                           ostree_tree])
+            _check_installed(ostree_tree, "ostree checkout --union-add")
+        finally:
+            for path in (dnf_tree, ostree_tree, b):
+                if path is not None:
+                    _remove(path)
+        return {
+            "install_live_s": e2e.seconds,
+            "apply_live_s": apply.seconds,
+            "install_s": install.seconds,
+            "dnf_s": dnf.seconds,
+            "ostree_union_add_s": union.seconds,
+            "peak_rss_mb": _mib(e2e.maxrss_kib),
+            "install_rss_mb": _mib(install.maxrss_kib),
+            "apply_live_rss_mb": _mib(apply.maxrss_kib),
+        }
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b > 0 else float("inf")
+
+
+def summarize(results: Mapping[int, list[dict[str, float]]]) -> dict[str, Any]:
+    sizes = sorted(results)
+    out: dict[str, Any] = {}
+    medians = {s: {k: statistics.median(r[k] for r in results[s]) for k in (*MEASURED_KEYS, *EXTRA_KEYS)}
+               for s in sizes}
+    smallest = sizes[0]
+    for s in sizes:
+        m = medians[s]
+        out[str(s)] = {
+            "runs": results[s],
+            "median": m,
+            "ratios": {
+                "install_live_vs_dnf": _ratio(m["install_live_s"], m["dnf_s"]),
+                "apply_live_vs_ostree_union_add": _ratio(m["apply_live_s"], m["ostree_union_add_s"]),
+            },
+            "vs_smallest": {k: _ratio(m[k], medians[smallest][k]) for k in MEASURED_KEYS},
+        }
+    return out
+
+
+def targets(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
+    sizes = sorted(int(s) for s in summary)
+    med = {s: summary[str(s)]["median"] for s in sizes}
+    small, large = sizes[0], sizes[-1]
+    scaling = _ratio(med[large]["apply_live_s"], med[small]["apply_live_s"])
+    faster = {s: med[s]["install_live_s"] < med[s]["dnf_s"] for s in sizes}
+    out: list[dict[str, Any]] = [
+        {
+            "target": f"live-apply at the largest size <= {TARGET_LIVE_SCALING}x the smallest",
+            "met": scaling <= TARGET_LIVE_SCALING if len(sizes) > 1 else None,
+            "detail": f"apply-live {med[large]['apply_live_s']:.3f}s at {large} / "
+                      f"{med[small]['apply_live_s']:.3f}s at {small} = {scaling:.2f}x"
+                      + ("" if len(sizes) > 1 else " (one size only: not evaluated)"),
+        },
+        {
+            "target": "install --live faster than dnf at every size",
+            "met": all(faster.values()),
+            "detail": "; ".join(
+                f"{s}: {med[s]['install_live_s']:.3f}s vs dnf {med[s]['dnf_s']:.3f}s "
+                f"({'faster' if faster[s] else 'slower'}, {_ratio(med[s]['install_live_s'], med[s]['dnf_s']):.2f}x)"
+                for s in sizes
+            ),
+        },
+    ]
+    if TARGET_RSS_SIZE in med:
+        rss = med[TARGET_RSS_SIZE]["peak_rss_mb"]
+        out.append({"target": f"peak RSS <= {TARGET_RSS_MB:.0f} MB at {TARGET_RSS_SIZE}",
+                    "met": rss <= TARGET_RSS_MB,
+                    "detail": f"{rss:.1f} MiB (median peak RSS of install --live at {TARGET_RSS_SIZE})"})
+    else:
+        out.append({"target": f"peak RSS <= {TARGET_RSS_MB:.0f} MB at {TARGET_RSS_SIZE}", "met": None,
+                    "detail": f"size {TARGET_RSS_SIZE} not measured; largest measured {large}: "
+                              f"{med[large]['peak_rss_mb']:.1f} MiB"})
+    return out
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+                break
+    except OSError:
+        pass
+    return {
+        "kernel": os.uname().release,
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu_model": model or platform.processor() or "unknown",
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "loadavg_start": list(os.getloadavg()),
+    }
+
+
+def _fmt(key: str, value: float) -> str:
+    return f"{value:.1f}" if key.endswith("_mb") else f"{value:.3f}"
+
+
+def format_report(report: Mapping[str, Any]) -> str:
+    summary = report["results"]
+    sizes = sorted(int(s) for s in summary)
+    m = report["machine"]
+    lines = [
+        f"lulayer benchmark: {m['date']}, kernel {m['kernel']}, {m['nproc']} CPUs ({m['cpu_model']}), "
+        f"load {m['loadavg_start'][0]:.2f} at start, {m['loadavg_end'][0]:.2f} at end",
+        f"medians of {report['config']['runs']} runs per size; times in seconds (subprocess wall time), "
+        "RSS in MiB",
+        f"repository cache: {report['config']['cache']}",
+        "",
+    ]
+    heads = ["files", *(h for _, h, _ in MEASURES), "lulayer/dnf", "apply/union-add"]
+    rows = []
+    for s in sizes:
+        med = summary[str(s)]["median"]
+        rat = summary[str(s)]["ratios"]
+        rows.append([str(s), *(_fmt(k, med[k]) for k in MEASURED_KEYS),
+                     f"{rat['install_live_vs_dnf']:.2f}x", f"{rat['apply_live_vs_ostree_union_add']:.2f}x"])
+    lines += _table(heads, rows)
+    lines += ["", f"each measurement at size / at the smallest size ({sizes[0]}):"]
+    rows = [[str(s), *(f"{summary[str(s)]['vs_smallest'][k]:.2f}x" for k in MEASURED_KEYS)] for s in sizes]
+    lines += _table(["files", *(h for _, h, _ in MEASURES)], rows)
+    lines += ["", "targets (from the issue):"]
+    for t in report["targets"]:
+        met = {True: "MET", False: "NOT MET", None: "n/a"}[t["met"]]
+        lines.append(f"  [{met}] {t['target']}: {t['detail']}")
+    lines.append(f"\n(total {report['elapsed_s']:.0f}s)")
+    return "\n".join(lines)
+
+
+def _table(heads: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(heads)]
+    line = "  ".join(h.rjust(w) for h, w in zip(heads, widths, strict=True))
+    out = [line, "-" * len(line)]
+    out += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return out
+
+
+# --------------------------------------------------------------------------- main
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"sizes must be comma-separated integers: {text!r}") from e
+    if not sizes or sizes[0] < 0:
+        raise argparse.ArgumentTypeError("give one or more sizes >= 0")
+    return sizes
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="./dev bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", type=_sizes, default=list(DEFAULT_SIZES),
+                   help="comma-separated numbers of extra files in the base image (default: %(default)s)")
+    p.add_argument("--runs", type=int, default=DEFAULT_RUNS, help="runs per size (default: %(default)s)")
+    p.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the numbers to FILE")
+    p.add_argument("--workdir", type=Path, default=None, metavar="DIR",
+                   help="where the clones go (default: a new folder in $TMPDIR)")
+    args = p.parse_args(argv)
+    if args.runs < 1:
+        p.error("--runs must be at least 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    reexec_in_private_namespace(argv)
+    start = time.monotonic()
+    info = machine()
+    work = make_workdir(args.workdir)
+    results: dict[int, list[dict[str, float]]] = {}
+    try:
+        for size in args.sizes:
+            t0 = time.monotonic()
+            print(f"size {size}: preparing the template and warming the caches", file=sys.stderr, flush=True)
+            bench = SizeBench(work, size)
+            bench.warm_up()
+            results[size] = []
+            for i in range(args.runs):
+                r = bench.one_run()
+                results[size].append(r)
+                print(f"size {size} run {i + 1}/{args.runs}: "
+                      + ", ".join(f"{k} {_fmt(k, r[k])}" for k in MEASURED_KEYS), file=sys.stderr, flush=True)
+            print(f"size {size}: done in {time.monotonic() - t0:.0f}s", file=sys.stderr, flush=True)
+    finally:
+        _remove(work.root)
+    info["loadavg_end"] = list(os.getloadavg())
+    summary = summarize(results)
+    report = {
+        "machine": info,
+        "config": {"sizes": args.sizes, "runs": args.runs, "package": PACKAGE, "cache": CACHE_METHOD,
+                   "rss": "wait4 ru_maxrss of the lulayer process (max over it and the children it waited for)"},
+        "results": summary,
+        "targets": targets(summary),
+        "elapsed_s": time.monotonic() - start,
+    }
+    print(format_report(report))
+    if args.json is not None:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
