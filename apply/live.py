@@ -43,7 +43,7 @@ from lulayer.apply.overlay import (
 from lulayer.errors import LiveApplyError
 from lulayer.fsutil import (
     RENAME_EXCHANGE,
-    remove_path,
+    opened_dir,
     remove_tree_at,
     renameat2,
     suppress_errno,
@@ -59,6 +59,7 @@ MS_REMOUNT = 32
 MS_BIND = 4096
 FAULT_ENV = "LULAYER_TEST_FAULT"  # set only by tests: SIGKILL ourselves at that step
 STEPS = ("marked", "overlay", "files-half", "files", "rpmdb-new", "exchanged", "removed", "etc")
+RESET_STEPS = ("reset-marked", "reset-unmounted")  # the same, for apply-live --reset
 _TMP_RE = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")
 _UNIT_DIRS = ("/usr/lib/systemd/system/", "/usr/lib/systemd/user/")
 
@@ -96,6 +97,18 @@ def backing_dir(sysroot: Sysroot, booted: Deployment) -> Path:
     return sysroot.path / "ostree" / "deploy" / booted.osname / "backing" / booted.name / "lulayer-live"
 
 
+def _drop_backing(back: Path) -> None:
+    """Remove the backing folder of an old upper layer; only empty it when it is a mount
+    point (a file system of its own for the upper layer)."""
+    if not back.exists():
+        return
+    with opened_dir(back, follow_symlinks=False) as fd:
+        for name in os.listdir(fd):
+            remove_tree_at(fd, name)
+    with suppress_errno(errno.EBUSY):
+        os.rmdir(back)
+
+
 def _libc_mount(target: Path, flags: int) -> None:
     import ctypes
 
@@ -117,8 +130,7 @@ def writable_usr(sysroot: Sysroot, booted: Deployment) -> Iterator[tuple[Path, b
     info = mount_at(usr)
     if info is None or info.fstype != "overlay":
         back = backing_dir(sysroot, booted)
-        if back.exists():  # an upper layer from an earlier boot: /usr is pristine again
-            remove_path(back)
+        _drop_backing(back)  # an upper layer from an earlier boot: /usr is pristine again
         (back / "upper").mkdir(parents=True)
         (back / "work").mkdir()
         mount_overlay(usr, usr, back / "upper", back / "work", redirect_dir=True)
@@ -196,9 +208,14 @@ class _Applier:
             os.mkdir(name, 0o700, dir_fd=parent)
         except FileExistsError:
             st = os.lstat(name, dir_fd=parent)
-            if not stat.S_ISDIR(st.st_mode):  # something else is where the directory goes
-                os.unlink(name, dir_fd=parent)
-                os.mkdir(name, 0o700, dir_fd=parent)
+            if not stat.S_ISDIR(st.st_mode):
+                # Not ours: neither commit has it (a file that becomes a directory was removed
+                # first), so someone put it there; it may point out of the tree.
+                kind = "a symlink" if stat.S_ISLNK(st.st_mode) else "a file"
+                raise LiveApplyError(f"{self.tree.root}{_rel(e.path, self.prefix)} is {kind} where the update "
+                                     "puts a directory",
+                                     hint="move it aside (`lulayer apply-live --reset` first if /usr is "
+                                          "live), then run `lulayer apply-live` again") from None
         fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
         try:
             os.fchown(fd, meta.uid, meta.gid)
@@ -379,17 +396,24 @@ def reset(sysroot: Sysroot, say: Callable[[str], None]) -> LiveResult:
     st = live_state.read_state(sysroot, booted)
     usr = live_root(sysroot, booted) / "usr"
     info = mount_at(usr)
-    source = st.inprogress or st.commit
+    ours = info is not None and _is_ours(sysroot, booted, info)
+    # An interrupted reset (or an update back to the booted commit) is in progress toward it.
+    source = st.commit if st.inprogress == booted.checksum else st.inprogress or st.commit
     changes = PackageChanges.between(
         commit_packages(sysroot.repo, source, tree_dbpath(live_root(sysroot, booted))),
         commit_packages(sysroot.repo, booted.checksum, tree_dbpath(live_root(sysroot, booted))),
     ) if source != booted.checksum else PackageChanges()
-    if info is not None and _is_ours(sysroot, booted, info):
+    if st.live or ours:
+        # Once the overlay is gone the state must not claim it: killed from here on, the
+        # next command finishes the reset (finish_interrupted), never diffs from a live
+        # commit the pristine /usr no longer holds.
+        live_state.write_state(sysroot, booted, live_state.begin(st, booted.checksum))
+    _fault("reset-marked")
+    if ours:
         # Lazily: processes running from the live /usr keep their files.
         unmount(usr, lazy=True)
-    back = backing_dir(sysroot, booted)
-    if back.exists():
-        remove_path(back)
+    _fault("reset-unmounted")
+    _drop_backing(backing_dir(sysroot, booted))
     live_state.clear_state(sysroot, booted)
     return LiveResult(source=source, target=booted.checksum, changes=changes, resumed=st.inprogress is not None)
 
@@ -418,43 +442,51 @@ def apply_live(sysroot: Sysroot, target: str, *, allow_replacement: bool = False
     if not resumed:  # a resumed update was checked when it began
         _check(files, changes, _running_kernels(root, sysroot.folder),
                allow_replacement=allow_replacement, allow_removal=allow_removal)
-    live_state.write_state(sysroot, booted, live_state.begin(st, target))
-    _fault("marked")
-    with writable_usr(sysroot, booted) as (usr, exchange_ok):
-        _fault("overlay")
-        tree = _Tree(usr)
-        try:
-            applier = _Applier(sysroot, tree, "/usr")
-            if resumed:
-                parents = {_rel(str(PurePosixPath(e.path).parent), "/usr")
-                           for e in (*files.added_files, *files.changed_files)}
-                _clean_temp_files(tree, parents)
-            added_paths = {d.path for d in files.added_dirs} | {f.path for f in files.added_files}
-            for path in files.removed_files:  # a file becoming a directory or back goes first
-                if path in added_paths:
+    try:
+        live_state.write_state(sysroot, booted, live_state.begin(st, target))
+        _fault("marked")
+        with writable_usr(sysroot, booted) as (usr, exchange_ok):
+            _fault("overlay")
+            tree = _Tree(usr)
+            try:
+                applier = _Applier(sysroot, tree, "/usr")
+                if resumed:
+                    parents = {_rel(str(PurePosixPath(e.path).parent), "/usr")
+                               for e in (*files.added_files, *files.changed_files)}
+                    _clean_temp_files(tree, parents)
+                added_paths = {d.path for d in files.added_dirs} | {f.path for f in files.added_files}
+                for path in files.removed_files:  # a file becoming a directory or back goes first
+                    if path in added_paths:
+                        applier.remove_file(path)
+                for d in files.added_dirs:
+                    applier.make_dir(d)
+                entries = (*files.added_files, *files.changed_files)
+                for i, f in enumerate(entries):
+                    applier.write_file(f)
+                    if i == len(entries) // 2:
+                        _fault("files-half")
+                os.sync()
+                _fault("files")
+                rpmdb = "unchanged"
+                if rpmdb_changed:
+                    rpmdb = _exchange_rpmdb(sysroot, applier, target, dbpath, exchange_ok)
+                for path in files.removed_files:
                     applier.remove_file(path)
-            for d in files.added_dirs:
-                applier.make_dir(d)
-            entries = (*files.added_files, *files.changed_files)
-            for i, f in enumerate(entries):
-                applier.write_file(f)
-                if i == len(entries) // 2:
-                    _fault("files-half")
-            os.sync()
-            _fault("files")
-            rpmdb = "unchanged"
-            if rpmdb_changed:
-                rpmdb = _exchange_rpmdb(sysroot, applier, target, dbpath, exchange_ok)
-            for path in files.removed_files:
-                applier.remove_file(path)
-            for path in files.removed_dirs:
-                applier.remove_dir(path)
-            os.sync()
-            _fault("removed")
-        finally:
-            tree.close()
-    etc_added = _add_etc(sysroot, root, applier, diff)
-    _fault("etc")
+                for path in files.removed_dirs:
+                    applier.remove_dir(path)
+                os.sync()
+                _fault("removed")
+            finally:
+                tree.close()
+        etc_added = _add_etc(sysroot, root, applier, diff)
+        _fault("etc")
+    except OSError as e:
+        # ENOSPC, EIO, EROFS...: the update stays "in progress" and is finished by the next
+        # command once the cause is gone; every step so far is safe to redo.
+        where = f" ({e.filename})" if e.filename else ""
+        raise LiveApplyError(f"the live update to {target[:12]} stopped: {e.strerror or e}{where}",
+                             hint="fix that (free space, ...), then run `lulayer apply-live` to finish it, "
+                                  "or `lulayer apply-live --reset`") from e
     replaced = bool(files.changed_files or files.removed_files)
     live_state.write_state(sysroot, booted, live_state.finish(st, target, replaced))
     notes = () if exchange_ok or not rpmdb_changed else (f"rpmdb {rpmdb}",)
@@ -472,5 +504,9 @@ def finish_interrupted(sysroot: Sysroot, say: Callable[[str], None]) -> LiveResu
     if st.inprogress is None:
         live_state.drop_stale_refs(sysroot, booted)
         return None
+    if st.inprogress == booted.checksum:
+        # Back to the booted commit (a reset, or an update to it): dropping the overlay is that.
+        say("Finishing the interrupted return of the live /usr to the booted commit")
+        return reset(sysroot, say)
     say(f"Finishing the interrupted live update to {st.inprogress[:12]}")
     return apply_live(sysroot, st.inprogress, allow_replacement=True, allow_removal=True, say=say)

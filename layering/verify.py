@@ -8,6 +8,8 @@ sign, is refused the same way whichever resolver fetched it.
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -45,6 +47,39 @@ def verify_downloads(resolution: Resolution, paths: Sequence[Path], repos: Seque
         repo = by_id.get(resolved.repo_id)
         if repo is not None and repo.gpgcheck:
             check_signature(path, repo)
+        check_payload(path)
+
+
+# Top-level folders a commit never takes from a payload (compose drops them), so what a
+# package puts there cannot reach the image.
+_DROPPED_TOP = frozenset({"var", "run", "tmp", "proc", "sys", "dev", "boot", "sysroot"})
+_SPECIAL = ((stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"), (stat.S_ISFIFO, "fifo"),
+            (stat.S_ISSOCK, "socket"))
+
+
+def check_payload(path: Path) -> None:
+    """Refuse a payload no image may take: a path with "..", or a device node, fifo or socket
+    (which an OSTree commit cannot hold) where the image would keep it."""
+    import rpm
+
+    ts = rpm.TransactionSet()
+    ts.setVSFlags(rpm._RPMVSF_NOSIGNATURES | rpm._RPMVSF_NODIGESTS)  # checked above
+    try:
+        with open(path, "rb") as f:
+            hdr = ts.hdrFromFdno(f.fileno())
+    except rpm.error as e:
+        raise ResolveError(f"{path.name} is not a readable RPM: {e}") from e
+    for raw, mode in zip(hdr[rpm.RPMTAG_FILENAMES], hdr[rpm.RPMTAG_FILEMODES], strict=True):
+        name = os.fsdecode(raw)
+        if ".." in name.split("/"):
+            raise ResolveError(f"{path.name} has a file path with '..': {name}",
+                               hint="refusing a package whose payload names paths outside its tree")
+        if name.lstrip("/").split("/", 1)[0] in _DROPPED_TOP:
+            continue
+        for test, kind in _SPECIAL:
+            if test(mode & 0xFFFF):
+                raise ResolveError(f"{path.name} has a {kind} at {name}, which an OSTree image cannot hold",
+                                   hint="layer packages whose payload is files, directories and symlinks")
 
 
 def _key_paths(repo: RepoConfig) -> list[Path]:

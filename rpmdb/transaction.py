@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -41,6 +43,7 @@ def install_rpms(root: Path, dbpath: PurePosixPath, rpm_paths: Sequence[Path]) -
                 raise ComposeError("rpm found unmet dependencies: " + "; ".join(_dep_problem(p) for p in unresolved))
             ts.order()
             script_errors: list[str] = []
+            unpack_errors: list[str] = []
 
             def callback(what: int, amount: int, total: int, key: object, _data: object) -> int | None:
                 # Every fd was opened before rpm chroots into the tree.
@@ -50,12 +53,28 @@ def install_rpms(root: Path, dbpath: PurePosixPath, rpm_paths: Sequence[Path]) -
                     return fd
                 if what == rpm.RPMCALLBACK_SCRIPT_ERROR:
                     script_errors.append(f"{key}: scriptlet failed (exit {total})")
+                if what in (rpm.RPMCALLBACK_UNPACK_ERROR, rpm.RPMCALLBACK_CPIO_ERROR):
+                    # rpm goes on without the package and ts.run() reports no problem.
+                    unpack_errors.append(Path(str(key)).name)
                 return None
 
-            problems = ts.run(callback, None)
+            with tempfile.TemporaryFile(mode="w+") as log:
+                rpm.setLogFile(log)
+                try:
+                    problems = ts.run(callback, None)
+                finally:
+                    rpm.setLogFile(sys.stderr)
+                log.seek(0)
+                rpm_says = [ln.strip().removeprefix("error: ") for ln in log if ln.startswith("error:")]
+            if unpack_errors:
+                why = next((ln for ln in rpm_says if "unpacking" in ln), "")
+                raise ComposeError(f"rpm could not unpack {', '.join(unpack_errors)}" + (f": {why}" if why else ""),
+                                   hint="the package's payload cannot be installed on this system")
             if problems:
+                space = all(_problem_type(p) in (rpm.RPMPROB_DISKSPACE, rpm.RPMPROB_DISKNODES) for p in problems)
                 raise ComposeError("rpm transaction failed: " + "; ".join(_run_problem(p) for p in problems),
-                                   hint="a package conflicts with a file of the base image or another package")
+                                   hint="free space on the file system of the OSTree repository" if space else
+                                   "a package conflicts with a file of the base image or another package")
             if script_errors:
                 raise ComposeError("; ".join(script_errors), hint="the package's scriptlet must succeed in the image")
         finally:
@@ -69,6 +88,13 @@ def _run_problem(p: Any) -> str:
     if isinstance(p, tuple) and p and isinstance(p[0], str):
         return p[0]
     return str(p)
+
+
+def _problem_type(p: Any) -> int | None:
+    try:
+        return int(p[1][0])
+    except (TypeError, ValueError, IndexError):
+        return None
 
 
 def _dep_problem(p: Any) -> str:

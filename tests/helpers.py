@@ -227,3 +227,48 @@ def tree_snapshot(root: Path, skip: Iterable[str] = ()) -> dict[str, tuple[objec
             size = st.st_size if not stat.S_ISDIR(st.st_mode) else 0
             snap[rel] = (st.st_mode, st.st_uid, st.st_gid, size, content)
     return snap
+
+
+# --------------------------------------------------------------------------- extra fixture RPMs
+
+
+def build_spec_dir(specs: Path, name: str) -> Path:
+    """rpmbuild every SPECS/*.spec (once; cached in the fixture cache as NAME-<hash>, keyed
+    by the specs and fixtures/build.py) and return the folder of the built *.rpm files.
+
+    For RPMs that must stay out of the default repository (fixtures/specs/*.spec only
+    are built into it): put their specs in a subfolder and add them with make_repo()."""
+    h = hashlib.sha256()
+    for spec in sorted(Path(specs).glob("*.spec")):
+        h.update(spec.name.encode() + b"\0" + spec.read_bytes() + b"\0")
+    h.update(Path(fixture_build.__file__).read_bytes())
+    final = fixture_build.CACHE / f"{name}-{h.hexdigest()[:16]}"
+    if final.exists():
+        return final
+    with fixture_build._locked(name):
+        fixture_build._prune(f"{name}-", final.name.rsplit("-", 1)[1])
+
+        def build(tmp: Path) -> None:
+            tmp.mkdir(parents=True)
+            for spec in sorted(Path(specs).glob("*.spec")):
+                fixture_build._rpmbuild(spec, tmp / ".rpmbuild" / spec.stem)
+            for built in sorted((tmp / ".rpmbuild").glob("*/RPMS/*/*.rpm")):
+                os.rename(built, tmp / built.name)
+            fixture_build.remove_sysroot(tmp / ".rpmbuild")
+
+        return fixture_build._cached(final, build)
+
+
+def leftover_temp_paths(sysroot: Path) -> list[str]:
+    """Leftover temporary files and folders lulayer could leave in SYSROOT: `.*.tmp` files
+    (outside the repository's objects), `*.new` folders, lulayer-* scratch in repo/tmp."""
+    found = []
+    for dirpath, dirs, files in os.walk(sysroot):
+        rel = os.path.relpath(dirpath, sysroot)
+        if rel == os.path.join("ostree", "repo", "objects"):
+            dirs[:] = []
+            continue
+        found += [os.path.join(dirpath, f) for f in files if f.startswith(".") and f.endswith(".tmp")]
+        found += [os.path.join(dirpath, d) for d in dirs if d.endswith(".new") or
+                  (rel == os.path.join("ostree", "repo", "tmp") and d.startswith("lulayer-"))]
+    return sorted(found)
