@@ -1,0 +1,212 @@
+"""lulayer on a real booted OSTree host: a Debian 12 OSTree VM under qemu, no --sysroot.
+
+Run with ``./dev test -m vm`` (the default run deselects them). Each test boots its
+own qcow2 overlay of the cached image (tests/vm/image.py) and runs shell steps
+inside through the image's driver service (tests/vm/runner.py). No qemu, no image:
+the test fails with the reason; it never skips.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.vm.runner import VM, Boot
+
+# Not marked `root`: that marker skips when not root, and these must fail instead
+# (the image build says that it needs root).
+pytestmark = [pytest.mark.vm]
+
+
+@pytest.fixture
+def vm(tmp_path: Path) -> Iterator[VM]:
+    machine = VM(tmp_path / "vm")
+    yield machine
+    machine.disk.unlink(missing_ok=True)  # the overlay; serial logs and outputs stay in tmp_path
+
+
+def _booted(boot: Boot, step: str) -> dict[str, object]:
+    deps = json.loads(boot.ok(step))["deployments"]
+    booted = [d for d in deps if d["booted"]]
+    assert len(booted) == 1, f"boot {boot.number}: booted deployments {booted} in {deps}"
+    result: dict[str, object] = booted[0]
+    return result
+
+
+def _deployments(boot: Boot, step: str) -> list[dict[str, object]]:
+    deps: list[dict[str, object]] = json.loads(boot.ok(step))["deployments"]
+    return deps
+
+
+def test_status_finds_the_booted_deployment_through_libostree(vm: VM) -> None:
+    b = vm.boot("""
+step ostree-booted test -e /run/ostree-booted
+step no-marker test ! -e /run/lulayer/booted
+step pid1 cat /proc/1/comm
+step ostree-status ostree admin status
+step status lulayer status
+step json lulayer status --json
+step usr-ro touch /usr/x
+""")
+    b.ok("ostree-booted")
+    b.ok("no-marker")
+    assert b.ok("pid1").strip() == "systemd"
+    b.failed("usr-ro")
+    booted = _booted(b, "json")
+    assert booted["osname"] == "debian"
+    assert f"* debian {booted['checksum']}.{booted['serial']}" in b.ok("ostree-status")
+    status = b.ok("status")
+    assert "● debian:debian/12/x86_64/lulayer-vm (booted)" in status, status
+    assert str(booted["checksum"]) in status
+
+
+def test_install_live_htop_runs_at_once(vm: VM) -> None:
+    b = vm.boot("""
+step before sh -c 'command -v htop'
+step install lulayer install htop --live
+step which sh -c 'command -v htop'
+step htop htop --version
+step rpm-q rpm -q htop
+step rpm-q-dbpath rpm --dbpath /usr/share/rpm -q htop ncurses-libs
+step touch-usr sh -c 'touch /usr/x'
+step mount sh -c 'findmnt -n -o FSTYPE,OPTIONS /usr | tail -n 1'
+step same-ns sh -c 'test "$(readlink /proc/1/ns/mnt)" = "$(readlink /proc/self/ns/mnt)"'
+step pid1-sees sh -c 'grep " /usr .*lulayer-live/upper" /proc/1/mountinfo'
+step status lulayer status
+step json lulayer status --json
+""")
+    b.failed("before")
+    out = b.ok("install")
+    assert "Live added: htop-3.3.0-1.fc41.x86_64" in out, out
+    assert b.ok("which").strip() == "/usr/bin/htop"
+    assert "htop 3.3.0" in b.ok("htop")
+    assert b.ok("rpm-q").strip() == "htop-3.3.0-1.fc41.x86_64"
+    assert "ncurses-libs-6.4-1.fc41.x86_64" in b.ok("rpm-q-dbpath")
+    assert "Read-only file system" in b.failed("touch-usr")
+    assert b.ok("mount").startswith("overlay ro"), b.ok("mount")
+    b.ok("same-ns")  # lulayer ran in the host's mount namespace, and PID 1 sees the overlay
+    b.ok("pid1-sees")
+    status = b.ok("status")
+    assert "(pending)" in status and "LayeredPackages: htop" in status, status
+    assert "LiveDiff: 2 added" in status, status
+    assert "+ htop-3.3.0-1.fc41.x86_64" in status, status
+    deps = _deployments(b, "json")
+    assert len(deps) == 2 and deps[0]["pending"] and deps[1]["booted"], deps
+    assert deps[1]["live-commit"] == deps[0]["checksum"], deps
+
+
+def test_install_live_systemd_unit_is_loaded_at_once(vm: VM) -> None:
+    b = vm.boot("""
+step before systemctl cat hello.service
+step install lulayer install hello-service --live
+step cat systemctl cat hello.service
+step start systemctl start hello.service
+step active systemctl is-active hello.service
+step journal journalctl -b -u hello.service --no-pager
+""")
+    b.failed("before")
+    out = b.ok("install")
+    assert "Live added: hello-service-1.0-1.fc41.noarch" in out, out
+    assert "hello.service" in out.split("Units changed", 1)[-1], out
+    assert "ExecStart=/usr/bin/hello-daemon" in b.ok("cat")
+    b.ok("start")
+    assert b.ok("active").strip() == "active"
+    assert "hello-daemon 1.0 started" in b.ok("journal")
+
+
+def test_uninstall_live_removes_at_once_and_from_the_next_boot(vm: VM) -> None:
+    b1 = vm.boot("""
+step install lulayer install htop --live
+step htop htop --version
+step uninstall lulayer uninstall htop --live
+step which sh -c 'command -v htop'
+step rpm-q rpm -q htop
+step status lulayer status
+""")
+    assert "htop 3.3.0" in b1.ok("htop")
+    assert "Live removed: htop-3.3.0-1.fc41.x86_64" in b1.ok("uninstall")
+    b1.failed("which")
+    assert "not installed" in b1.failed("rpm-q")
+    assert "LayeredPackages" not in b1.ok("status").split("(booted)")[0]
+    b2 = vm.boot("""
+step which sh -c 'command -v htop'
+step rpm-q rpm -q htop
+step json lulayer status --json
+""")
+    b2.failed("which")
+    b2.failed("rpm-q")
+    assert _booted(b2, "json")["requested-packages"] == []
+
+
+def test_reboot_boots_the_new_deployment_and_rollback_returns(vm: VM) -> None:
+    b1 = vm.boot("""
+step base lulayer status --json
+step install lulayer install htop hello-service --live
+step json lulayer status --json
+""")
+    base = _booted(b1, "base")
+    pending = _deployments(b1, "json")[0]
+    assert pending["pending"] and pending["requested-packages"] == ["hello-service", "htop"], pending
+
+    b2 = vm.boot("""
+step json lulayer status --json
+step status lulayer status
+step htop htop --version
+step rpm-q rpm -q htop hello-service
+step mount findmnt -n -o FSTYPE /usr
+step live-state sh -c 'ls /run/ostree/deployment-state/*/lulayer-live.json'
+step ostree-status ostree admin status
+step rollback lulayer rollback
+step after lulayer status --json
+""")
+    booted = _booted(b2, "json")
+    assert booted["checksum"] == pending["checksum"], (booted, pending)
+    # The second boot read the loader entries lulayer's deploy wrote, not the first boot's.
+    assert b1.entry is not None and b2.entry is not None and b2.entry.options != b1.entry.options
+    assert booted["requested-packages"] == ["hello-service", "htop"]
+    assert booted["live-commit"] is None and booted["live-inprogress"] is None, booted
+    status = b2.ok("status")
+    assert "LiveCommit" not in status and "Pending diff" not in status and "(pending)" not in status, status
+    assert "htop 3.3.0" in b2.ok("htop")
+    b2.ok("rpm-q")
+    assert b2.ok("mount").split() == ["ext4"], b2.ok("mount")
+    b2.failed("live-state")
+    b2.ok("rollback")
+    after = _deployments(b2, "after")
+    assert after[0]["checksum"] == base["checksum"] and not after[0]["booted"], after
+
+    b3 = vm.boot("""
+step json lulayer status --json
+step which sh -c 'command -v htop'
+step rpm-q rpm -q htop
+""")
+    assert _booted(b3, "json")["checksum"] == base["checksum"]
+    b3.failed("which")
+    b3.failed("rpm-q")
+
+
+def test_live_install_killed_mid_apply_then_apply_live_recovers(vm: VM) -> None:
+    b = vm.boot("""
+step killed env LULAYER_TEST_FAULT=files-half lulayer install htop --live
+step status-killed lulayer status
+step recover lulayer apply-live
+step htop htop --version
+step rpm-q rpm -q htop
+step touch-usr sh -c 'touch /usr/x'
+step status lulayer status
+step json lulayer status --json
+""")
+    rc, out = b.step("killed")
+    assert rc == 137, f"expected SIGKILL (137), got {rc}: {out}"
+    assert "InterruptedLiveCommit" in b.ok("status-killed")
+    b.ok("recover")
+    assert "htop 3.3.0" in b.ok("htop")
+    assert b.ok("rpm-q").strip() == "htop-3.3.0-1.fc41.x86_64"
+    b.failed("touch-usr")
+    assert "InterruptedLiveCommit" not in b.ok("status")
+    deps = _deployments(b, "json")
+    booted = next(d for d in deps if d["booted"])
+    assert booted["live-inprogress"] is None and booted["live-commit"] == deps[0]["checksum"], deps
