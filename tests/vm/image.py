@@ -62,12 +62,9 @@ KERNEL_PACKAGE = "linux-image-amd64"
 DRACUT_MODULES = "systemd systemd-initrd dracut-systemd ostree base rootfs-block fs-lib udev-rules kernel-modules"
 DRACUT_DRIVERS = "virtio_blk virtio_pci virtio_ring virtio ext4 jbd2 mbcache crc16 crc32c_generic crc32c_intel"
 
-# rpm-ostree's layout (as fixtures/build.py): these top-level folders live in /var and /run.
-VAR_LINKS = {"home": "var/home", "root": "var/roothome", "mnt": "var/mnt", "opt": "var/opt",
-             "srv": "var/srv", "media": "run/media"}
+# The stateroot's /var folders that rpm-ostree's layout (fixtures.build.ostree_layout) links to.
 VAR_DIRS = {"home": 0o755, "roothome": 0o700, "mnt": 0o755, "opt": 0o755, "srv": 0o755,
             "usrlocal": 0o755, "tmp": 0o1777, "lib": 0o755, "cache": 0o755, "log": 0o755}
-EMPTY_DIRS = ("boot", "tmp", "proc", "sys", "dev", "run", "var", "sysroot")
 
 
 class ImageError(RuntimeError):
@@ -89,7 +86,8 @@ def _run(cmd: Sequence[str | os.PathLike[str]], env: dict[str, str] | None = Non
 
 def inputs_hash() -> str:
     h = hashlib.sha256()
-    for f in sorted([Path(__file__), HERE / "debian-base.spec", *(HERE / "guest").iterdir()]):
+    # fixtures/build.py lays the tree out (ostree_layout).
+    for f in sorted([Path(__file__), Path(fx.__file__), HERE / "debian-base.spec", *(HERE / "guest").iterdir()]):
         h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
     return h.hexdigest()[:16]
 
@@ -195,33 +193,6 @@ def _base_rpmdb(root: Path, work: Path) -> None:
     shutil.rmtree(top)
 
 
-def _ostree_layout(root: Path) -> None:
-    sysimage = root / "usr/lib/sysimage"
-    sysimage.mkdir(parents=True, exist_ok=True)
-    if (sysimage / "rpm").exists() or (sysimage / "rpm").is_symlink():
-        shutil.rmtree(sysimage / "rpm")
-    (sysimage / "rpm").symlink_to("../../share/rpm")
-    macros = root / fx.RPMOSTREE_MACROS
-    macros.parent.mkdir(parents=True, exist_ok=True)
-    macros.write_text(f"%_dbpath {fx.DBPATH}\n")
-    os.rename(root / "etc", root / "usr/etc")
-    for name, target in VAR_LINKS.items():
-        link = root / name
-        if link.is_dir() and not link.is_symlink():
-            shutil.rmtree(link)
-        elif link.exists() or link.is_symlink():
-            link.unlink()
-        link.symlink_to(target)
-    local = root / "usr/local"
-    if local.is_dir() and not local.is_symlink():
-        shutil.rmtree(local)
-    local.symlink_to("../var/usrlocal")
-    for name in EMPTY_DIRS:
-        fx._empty_dir(root / name)
-    (root / "tmp").chmod(0o1777)
-    (root / "ostree").symlink_to("sysroot/ostree")
-
-
 def _sysroot(dest: Path, tree: Path) -> None:
     dest.mkdir()
     _run(["ostree", "admin", "init-fs", dest])
@@ -252,7 +223,7 @@ def _build(final: Path) -> dict[str, object]:
         t = time.monotonic()
         _guest_files(tree)
         _base_rpmdb(tree, work)
-        _ostree_layout(tree)
+        fx.ostree_layout(tree)
         log("commit and deploy")
         _sysroot(sysroot, tree)
         shutil.rmtree(tree)
