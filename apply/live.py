@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import signal
 import stat
 from collections.abc import Callable, Iterator
@@ -43,10 +42,12 @@ from lulayer.apply.overlay import (
 from lulayer.errors import LiveApplyError
 from lulayer.fsutil import (
     RENAME_EXCHANGE,
+    TEMP_NAME_RE,
     opened_dir,
     remove_tree_at,
     renameat2,
     suppress_errno,
+    temp_name,
     write_file_atomic,
 )
 from lulayer.layering.layer import PackageChanges
@@ -60,7 +61,6 @@ MS_BIND = 4096
 FAULT_ENV = "LULAYER_TEST_FAULT"  # set only by tests: SIGKILL ourselves at that step
 STEPS = ("marked", "overlay", "files-half", "files", "rpmdb-new", "exchanged", "removed", "etc")
 RESET_STEPS = ("reset-marked", "reset-unmounted")  # the same, for apply-live --reset
-_TMP_RE = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")
 _UNIT_DIRS = ("/usr/lib/systemd/system/", "/usr/lib/systemd/user/")
 
 
@@ -229,7 +229,7 @@ class _Applier:
         obj = read_file_object(self.repo, e.checksum)
         parent, name = dest or self.tree.split(_rel(e.path, self.prefix))
         if obj.is_symlink:
-            tmp = f".{name[:200]}.{os.urandom(6).hex()}.tmp"
+            tmp = temp_name(name)
             os.symlink(obj.symlink_target or "", tmp, dir_fd=parent)
             os.chown(tmp, obj.uid, obj.gid, dir_fd=parent, follow_symlinks=False)
             os.rename(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
@@ -310,7 +310,7 @@ def _clean_temp_files(tree: _Tree, dirs: set[str]) -> None:
         except (FileNotFoundError, LiveApplyError):
             continue
         for name in os.listdir(fd):
-            if _TMP_RE.match(name):
+            if TEMP_NAME_RE.match(name):
                 with suppress_errno(errno.ENOENT):
                     os.unlink(name, dir_fd=fd)
 

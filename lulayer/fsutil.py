@@ -12,6 +12,7 @@ import ctypes
 import errno
 import os
 import platform
+import re
 import stat
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -24,9 +25,8 @@ RENAME_EXCHANGE: Final = 1 << 1
 _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 # Raw syscall numbers, for a libc without the renameat2 wrapper (glibc < 2.28, old musl).
 _SYS_RENAMEAT2: Final = {"x86_64": 316, "aarch64": 276}
-# Overlay's own bookkeeping: copying it would make a copy claim to be an overlay layer.
-_SKIP_XATTR_PREFIXES: Final = ("trusted.overlay.",)
-_COPY_CHUNK: Final = 1 << 20
+# The temporary names write_file_atomic (and the live apply) write beside a target.
+TEMP_NAME_RE: Final = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")
 
 StrPath = str | os.PathLike[str]
 
@@ -124,6 +124,11 @@ def _check_name(name: str) -> None:
         raise ValueError(f"not a single path component: {name!r}")
 
 
+def temp_name(name: str) -> str:
+    """A fresh name to write beside name before renaming over it (matches TEMP_NAME_RE)."""
+    return f".{name[:200]}.{os.urandom(6).hex()}.tmp"
+
+
 def write_file_atomic(
     dirfd: int,
     name: str,
@@ -143,7 +148,7 @@ def write_file_atomic(
     hardlink into an OSTree repository, and writing through it would corrupt the object.
     """
     _check_name(name)
-    tmp = f".{name[:200]}.{os.urandom(6).hex()}.tmp"
+    tmp = temp_name(name)
     fd = os.open(
         tmp,
         os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW,
@@ -212,133 +217,10 @@ def _empty_dir(fd: int) -> None:
                 os.unlink(name, dir_fd=fd)
 
 
-def _fd_path(dirfd: int, name: str) -> str:
-    # The xattr calls have no dir_fd form; /proc/self/fd/N/name resolves name in that
-    # directory, and follow_symlinks=False then applies to name itself.
-    return f"/proc/self/fd/{dirfd}/{name}"
-
-
-def _read_xattrs(target: int | str) -> list[tuple[str, bytes]]:
-    follow = isinstance(target, int)
-    try:
-        names = os.listxattr(target, follow_symlinks=follow)
-    except OSError as e:
-        if e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
-            return []
-        raise
-    out = []
-    for n in sorted(names):
-        if n.startswith(_SKIP_XATTR_PREFIXES):
-            continue
-        with suppress_errno(errno.ENODATA):
-            out.append((n, os.getxattr(target, n, follow_symlinks=follow)))
-    return out
-
-
 def _write_xattrs(target: int | str, xattrs: list[tuple[str, bytes]]) -> None:
     follow = isinstance(target, int)
     for n, v in xattrs:
         os.setxattr(target, n, v, follow_symlinks=follow)
-
-
-def _copy_data(src_fd: int, dst_fd: int) -> None:
-    try:
-        while os.sendfile(dst_fd, src_fd, None, _COPY_CHUNK):
-            pass
-    except OSError as e:
-        if e.errno not in (errno.EINVAL, errno.ENOSYS):
-            raise
-        os.lseek(src_fd, 0, os.SEEK_SET)
-        os.lseek(dst_fd, 0, os.SEEK_SET)
-        os.ftruncate(dst_fd, 0)
-        while chunk := os.read(src_fd, _COPY_CHUNK):
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(dst_fd, view) :]
-
-
-def _apply_meta_fd(fd: int, st: os.stat_result, xattrs: list[tuple[str, bytes]]) -> None:
-    cur = os.fstat(fd)
-    if (cur.st_uid, cur.st_gid) != (st.st_uid, st.st_gid):
-        os.fchown(fd, st.st_uid, st.st_gid)
-    # Order matters: chown clears set-id bits and security.capability, so mode and
-    # xattrs go after it; mtime goes last because nothing after may touch the inode.
-    os.fchmod(fd, stat.S_IMODE(st.st_mode))
-    _write_xattrs(fd, xattrs)
-    os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
-
-
-def _copy_entry(sdir: int, ddir: int, name: str) -> None:
-    st = os.lstat(name, dir_fd=sdir)
-    mode = st.st_mode
-    if stat.S_ISDIR(mode):
-        os.mkdir(name, 0o700, dir_fd=ddir)
-        with (
-            opened_dir(name, dir_fd=sdir, follow_symlinks=False) as s,
-            opened_dir(name, dir_fd=ddir, follow_symlinks=False) as d,
-        ):
-            _copy_dir_contents(s, d)
-            _apply_meta_fd(d, st, _read_xattrs(s))
-            os.fsync(d)
-    elif stat.S_ISREG(mode):
-        s = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=sdir)
-        try:
-            d = os.open(
-                name,
-                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                0o600,
-                dir_fd=ddir,
-            )
-            try:
-                _copy_data(s, d)
-                _apply_meta_fd(d, st, _read_xattrs(s))
-                os.fsync(d)
-            finally:
-                os.close(d)
-        finally:
-            os.close(s)
-    elif stat.S_ISLNK(mode):
-        os.symlink(os.readlink(name, dir_fd=sdir), name, dir_fd=ddir)
-        os.chown(name, st.st_uid, st.st_gid, dir_fd=ddir, follow_symlinks=False)
-        _write_xattrs(_fd_path(ddir, name), _read_xattrs(_fd_path(sdir, name)))
-        os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=ddir, follow_symlinks=False)
-    else:
-        # Devices, fifos and sockets: the inode is the content.
-        os.mknod(name, stat.S_IFMT(mode) | 0o600, st.st_rdev, dir_fd=ddir)
-        os.chown(name, st.st_uid, st.st_gid, dir_fd=ddir, follow_symlinks=False)
-        os.chmod(name, stat.S_IMODE(mode), dir_fd=ddir)
-        _write_xattrs(_fd_path(ddir, name), _read_xattrs(_fd_path(sdir, name)))
-        os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=ddir)
-
-
-def _copy_dir_contents(sdir: int, ddir: int) -> None:
-    with os.scandir(sdir) as it:
-        names = sorted(e.name for e in it)
-    for name in names:
-        _copy_entry(sdir, ddir, name)
-
-
-def copy_tree(src: Path, dst: Path) -> None:
-    """Copy directory src to dst (which must not exist) with owners, modes, mtimes,
-    xattrs and symlinks, fsyncing every file and directory.
-
-    Every file is a new inode, never a hardlink: the copy may be changed later and must
-    not change src (or an OSTree repository src is hardlinked into).
-    """
-    st = os.lstat(src)
-    if not stat.S_ISDIR(st.st_mode):
-        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(src))
-    parent, name = os.path.split(os.path.abspath(dst))
-    with opened_dir(parent) as dparent:
-        os.mkdir(name, 0o700, dir_fd=dparent)
-        with (
-            opened_dir(src, follow_symlinks=False) as s,
-            opened_dir(name, dir_fd=dparent, follow_symlinks=False) as d,
-        ):
-            _copy_dir_contents(s, d)
-            _apply_meta_fd(d, st, _read_xattrs(s))
-            os.fsync(d)
-        os.fsync(dparent)
 
 
 def remove_path(path: Path) -> None:

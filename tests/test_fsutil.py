@@ -119,52 +119,6 @@ def _make_tree(root: Path) -> None:
 
 
 @pytest.mark.root
-def test_copy_tree_keeps_metadata_and_makes_no_hardlinks(tmp_path: Path) -> None:
-    src, dst = tmp_path / "src", tmp_path / "dst"
-    _make_tree(src)
-    tool = src / "bin" / "tool"
-    os.chown(tool, 1001, 1002)
-    os.chmod(tool, 0o4711)  # chown cleared the set-id bit
-    os.chown(src / "bin" / "link", 1003, 1004, follow_symlinks=False)
-    os.setxattr(tool, "security.lulayer", b"label")
-    os.setxattr(tool, "trusted.overlay.origin", b"not copied")
-    os.setxattr(src / "bin" / "link", "security.lulayer", b"on-link", follow_symlinks=False)
-    os.utime(tool, (7_000, 7_000))
-    os.utime(src / "bin" / "link", (9_000, 9_000), follow_symlinks=False)
-
-    fsutil.copy_tree(src, dst)
-
-    for rel in ["", "bin", "bin/tool", "bin/link", "bin/dangling", "empty", "hard1", "fifo"]:
-        s, d = os.lstat(src / rel), os.lstat(dst / rel)
-        assert (d.st_mode, d.st_uid, d.st_gid) == (s.st_mode, s.st_uid, s.st_gid), rel
-        assert d.st_mtime_ns == s.st_mtime_ns, rel
-        assert d.st_ino != s.st_ino, rel
-    dtool = dst / "bin" / "tool"
-    assert dtool.read_bytes() == tool.read_bytes()
-    assert (os.stat(dtool).st_uid, stat.S_IMODE(os.stat(dtool).st_mode)) == (1001, 0o4711)
-    assert os.getxattr(dtool, "user.origin") == b"test"
-    assert os.getxattr(dtool, "security.lulayer") == b"label"
-    assert "trusted.overlay.origin" not in os.listxattr(dtool)
-    assert os.getxattr(dst / "bin" / "link", "security.lulayer", follow_symlinks=False) == (
-        b"on-link"
-    )
-    assert os.readlink(dst / "bin" / "link") == "tool"
-    assert os.readlink(dst / "bin" / "dangling") == "/nonexistent/elsewhere"
-    assert stat.S_ISFIFO(os.lstat(dst / "fifo").st_mode)
-    # The source's two links become two independent files.
-    h1, h2 = os.stat(dst / "hard1"), os.stat(dst / "hard2")
-    assert h1.st_ino != h2.st_ino and h1.st_nlink == h2.st_nlink == 1
-    (dst / "hard1").write_bytes(b"changed")
-    assert (src / "hard1").read_bytes() == (src / "hard2").read_bytes() == b"shared"
-
-
-def test_copy_tree_refuses_existing_destination(tmp_path: Path) -> None:
-    (tmp_path / "src").mkdir()
-    (tmp_path / "dst").mkdir()
-    with pytest.raises(FileExistsError):
-        fsutil.copy_tree(tmp_path / "src", tmp_path / "dst")
-
-
 def test_remove_tree_at_does_not_follow_symlinks(tmp_path: Path) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
