@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -224,10 +225,35 @@ def test_stale_booted_marker_is_refused(sysroot: Path) -> None:
     state.assert_unchanged()
 
 
+def _importable_by_anyone(dest: Path) -> Path:
+    """lulayer (laid out as it installs) and click, copied where any user can import them:
+    the checkout and its venv may sit under /root, which only root can read."""
+    import click
+
+    dest.mkdir(mode=0o755)
+    shutil.copytree(TOP / "lulayer", dest / "lulayer", ignore=shutil.ignore_patterns("__pycache__"))
+    for sub in ("layering", "rpmdb", "apply"):
+        shutil.copytree(TOP / sub, dest / "lulayer" / sub, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(Path(click.__file__).parent, dest / "click", ignore=shutil.ignore_patterns("__pycache__"))
+    for dirpath, _, filenames in os.walk(dest):
+        os.chmod(dirpath, 0o755)
+        for f in filenames:
+            os.chmod(os.path.join(dirpath, f), 0o644)
+    return dest
+
+
 def test_mutating_command_as_non_root_is_refused(sysroot: Path) -> None:
     state = State(sysroot)
-    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-    assert_error(cli(sysroot, "install", "htop", prefix=nobody), "root")
+    with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
+        os.chmod(tmp, 0o755)
+        site = _importable_by_anyone(Path(tmp) / "site")
+        proc = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-m", "lulayer",
+             "--sysroot", str(sysroot), "install", "htop"],
+            capture_output=True, text=True, cwd="/", timeout=300,
+            env=dict(os.environ, LC_ALL="C.UTF-8", PYTHONPATH=str(site)),
+        )
+    assert_error(proc, "root")
     state.assert_unchanged()
 
 
