@@ -32,8 +32,12 @@ from gi.repository import Gio, GLib
 from lulayer.apply import state as live_state
 from lulayer.apply.diff import DirEntry, FileEntry, TreeDiff, diff_commits, read_dir_meta, read_file_object
 from lulayer.apply.overlay import (
+    MS_BIND,
+    MS_RDONLY,
+    MS_REMOUNT,
     MountInfo,
     is_overlay_with_redirect_dir,
+    mount,
     mount_at,
     mount_overlay,
     overlay_dirs,
@@ -43,6 +47,7 @@ from lulayer.errors import LiveApplyError
 from lulayer.fsutil import (
     RENAME_EXCHANGE,
     TEMP_NAME_RE,
+    open_dir,
     opened_dir,
     remove_tree_at,
     renameat2,
@@ -55,9 +60,6 @@ from lulayer.rpmdb.db import commit_packages, tree_dbpath
 from lulayer.run import run
 from lulayer.sysroot import Deployment, Sysroot
 
-MS_RDONLY = 1
-MS_REMOUNT = 32
-MS_BIND = 4096
 FAULT_ENV = "LULAYER_TEST_FAULT"  # set only by tests: SIGKILL ourselves at that step
 STEPS = ("marked", "overlay", "files-half", "files", "rpmdb-new", "exchanged", "removed", "etc")
 RESET_STEPS = ("reset-marked", "reset-unmounted")  # the same, for apply-live --reset
@@ -109,15 +111,6 @@ def _drop_backing(back: Path) -> None:
         os.rmdir(back)
 
 
-def _libc_mount(target: Path, flags: int) -> None:
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.mount(None, os.fsencode(target), None, flags, None) != 0:
-        err = ctypes.get_errno()
-        raise LiveApplyError(f"cannot remount {target}: {os.strerror(err)}")
-
-
 @contextmanager
 def writable_usr(sysroot: Sysroot, booted: Deployment) -> Iterator[tuple[Path, bool]]:
     """The live /usr as a writable overlay for the block; read-only to everyone after.
@@ -139,12 +132,12 @@ def writable_usr(sysroot: Sysroot, booted: Deployment) -> Iterator[tuple[Path, b
         raise LiveApplyError(f"the overlay on {usr} vanished", hint="run `lulayer apply-live` again")
     ours = _is_ours(sysroot, booted, info)
     if "ro" in info.options:
-        _libc_mount(usr, MS_REMOUNT | MS_BIND)
+        mount(None, usr, None, MS_REMOUNT | MS_BIND)
     try:
         yield usr, is_overlay_with_redirect_dir(info)
     finally:
         if ours:  # read-only to other processes between live applies, as ostree's transient unlock is
-            _libc_mount(usr, MS_REMOUNT | MS_BIND | MS_RDONLY)
+            mount(None, usr, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
 
 
 def _is_ours(sysroot: Sysroot, booted: Deployment, info: MountInfo) -> bool:
@@ -157,7 +150,7 @@ class _Tree:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._fds: dict[str, int] = {}
-        self._fds["/"] = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._fds["/"] = open_dir(root)
 
     def close(self) -> None:
         for fd in self._fds.values():
@@ -172,7 +165,7 @@ class _Tree:
         parent = self.dir_fd(str(PurePosixPath(rel).parent))
         name = PurePosixPath(rel).name
         try:
-            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+            fd = open_dir(name, dir_fd=parent, follow_symlinks=False)
         except OSError as e:
             if e.errno in (errno.ELOOP, errno.ENOTDIR):
                 raise LiveApplyError(f"{self.root}{rel} is not a directory (a symlink or file is in the way)",
@@ -216,7 +209,7 @@ class _Applier:
                                      "puts a directory",
                                      hint="move it aside (`lulayer apply-live --reset` first if /usr is "
                                           "live), then run `lulayer apply-live` again") from None
-        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        fd = open_dir(name, dir_fd=parent, follow_symlinks=False)
         try:
             os.fchown(fd, meta.uid, meta.gid)
             os.fchmod(fd, stat.S_IMODE(meta.mode))
@@ -335,7 +328,7 @@ def _exchange_rpmdb(sysroot: Sysroot, applier: _Applier, target: str, dbpath: Pu
         return "replaced file by file (the overlay on /usr has no redirect_dir)"
     st = os.stat(name, dir_fd=parent)
     os.mkdir(new, 0o700, dir_fd=parent)
-    fd = os.open(new, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+    fd = open_dir(new, dir_fd=parent, follow_symlinks=False)
     try:
         for f in files:
             applier.write_file(f, (fd, PurePosixPath(f.path).name))

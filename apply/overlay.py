@@ -216,6 +216,8 @@ def mount(source: str | None, target: Path, fstype: str | None, flags: int = 0, 
     if _libc.mount(source.encode() if source else None, os.fsencode(target), fstype.encode() if fstype else None,
                    flags, data.encode() if data else None) != 0:
         err = ctypes.get_errno()
+        if flags & MS_REMOUNT:
+            raise LiveApplyError(f"cannot remount {target}: {os.strerror(err)}", hint=hint)
         what = f"an {fstype}" if fstype else "a mount"
         raise LiveApplyError(f"cannot mount {what} on {target}: {os.strerror(err)}", hint=hint)
 
