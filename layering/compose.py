@@ -36,7 +36,9 @@ from lulayer.run import run  # noqa: E402
 SCRATCH_PREFIX = "lulayer-compose-"
 # What an image commit never carries from a package's payload: /var is the
 # machine's (ostree keeps it per OS), the rest are API file systems.
-_SKIPPED_TOP = {"var", "run", "tmp", "proc", "sys", "dev", "etc", "boot", "sysroot"}
+DROPPED_TOP = frozenset({"var", "run", "tmp", "proc", "sys", "dev", "boot", "sysroot"})
+# The root's upper layer skips these and /etc, which has an upper layer of its own (-> /usr/etc).
+_SKIPPED_TOP = DROPPED_TOP | {"etc"}
 _OVERLAY_XATTR_PREFIX = "trusted.overlay."
 _SQLITE_RUNTIME = ("-shm", "-wal", "-journal")
 

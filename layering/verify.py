@@ -16,6 +16,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from lulayer.errors import ResolveError
+from lulayer.layering.compose import DROPPED_TOP
 from lulayer.layering.resolver import RepoConfig, Resolution
 from lulayer.run import run
 
@@ -50,9 +51,6 @@ def verify_downloads(resolution: Resolution, paths: Sequence[Path], repos: Seque
         check_payload(path)
 
 
-# Top-level folders a commit never takes from a payload (compose drops them), so what a
-# package puts there cannot reach the image.
-_DROPPED_TOP = frozenset({"var", "run", "tmp", "proc", "sys", "dev", "boot", "sysroot"})
 _SPECIAL = ((stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"), (stat.S_ISFIFO, "fifo"),
             (stat.S_ISSOCK, "socket"))
 
@@ -74,7 +72,8 @@ def check_payload(path: Path) -> None:
         if ".." in name.split("/"):
             raise ResolveError(f"{path.name} has a file path with '..': {name}",
                                hint="refusing a package whose payload names paths outside its tree")
-        if name.lstrip("/").split("/", 1)[0] in _DROPPED_TOP:
+        # compose drops these folders, so what a package puts there cannot reach the image
+        if name.lstrip("/").split("/", 1)[0] in DROPPED_TOP:
             continue
         for test, kind in _SPECIAL:
             if test(mode & 0xFFFF):
