@@ -11,11 +11,15 @@ import ctypes
 import errno
 import os
 import re
+import signal
+import tempfile
+import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from lulayer.errors import LiveApplyError
+from lulayer.errors import LiveApplyError, LulayerError
 
 MNT_DETACH: Final = 2
 UMOUNT_NOFOLLOW: Final = 8
@@ -235,3 +239,47 @@ def unmount(target: Path, *, lazy: bool = False) -> None:
         if err == errno.EINVAL:
             raise LiveApplyError(f"cannot unmount {target}: it is not a mount point")
         raise LiveApplyError(f"cannot unmount {target}: {os.strerror(err)}")
+
+
+CLONE_NEWNS: Final = 0x00020000
+MS_REC: Final = 0x4000
+MS_PRIVATE: Final = 1 << 18
+_PR_SET_NAME: Final = 15
+_PR_SET_PDEATHSIG: Final = 1
+
+
+def in_mount_namespace(name: str, work: Callable[[], None]) -> None:
+    """Run work in a forked child with a private mount namespace of its own.
+
+    Its mounts vanish with it, even when it is killed, and it dies with us
+    (PR_SET_PDEATHSIG). A fork, not a new interpreter: the child has every
+    module already imported. Its output goes to a temporary file, the last
+    line of which is the message of the LulayerError raised when it fails.
+    """
+    with tempfile.TemporaryFile() as log:
+        pid = os.fork()
+        if pid == 0:  # the child: never returns
+            code = 1
+            try:
+                os.dup2(log.fileno(), 1)
+                os.dup2(log.fileno(), 2)
+                _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+                _libc.prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+                if _libc.unshare(CLONE_NEWNS) != 0:
+                    raise LiveApplyError(f"cannot make a mount namespace: {os.strerror(ctypes.get_errno())}")
+                mount(None, Path("/"), None, MS_REC | MS_PRIVATE)
+                work()
+                code = 0
+            except LulayerError as e:
+                os.write(2, f"\nerror: {e}\n".encode())
+            except BaseException:  # the child reports; it must never unwind into the parent's code
+                os.write(2, ("\n" + traceback.format_exc()).encode())
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        if status == 0:
+            return
+        log.seek(0)
+        lines = [ln for ln in log.read().decode(errors="replace").splitlines() if ln.strip()]
+        last = lines[-1] if lines else f"exit status {os.waitstatus_to_exitcode(status)}"
+        raise LulayerError(last.removeprefix("error: "))

@@ -8,16 +8,14 @@ repository objects, and nothing rpm or a scriptlet does can write through one
 change, and the new commit is the base commit's tree with the upper layer
 written over it: the cost follows the packages, not the size of the base.
 
-The transaction runs in a child process with a mount namespace of its own,
+The transaction runs in a forked child with a mount namespace of its own,
 so its mounts vanish with it, even when it is killed.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import stat
-import sys
 import uuid
 from contextlib import suppress
 from dataclasses import dataclass
@@ -28,10 +26,11 @@ import gi
 gi.require_version("OSTree", "1.0")
 from gi.repository import Gio, GLib, OSTree  # noqa: E402
 
+from lulayer.apply.overlay import MS_BIND, in_mount_namespace, mount, mount_overlay  # noqa: E402
 from lulayer.errors import ComposeError, LulayerError  # noqa: E402
 from lulayer.fsutil import opened_dir, remove_path, remove_tree_at  # noqa: E402
 from lulayer.rpmdb.db import Package  # noqa: E402
-from lulayer.run import run  # noqa: E402
+from lulayer.rpmdb.transaction import install_rpms, make_readonly_safe  # noqa: E402
 
 SCRATCH_PREFIX = "lulayer-compose-"
 # What an image commit never carries from a package's payload: /var is the
@@ -75,22 +74,10 @@ def compose(repo: OSTree.Repo, repo_path: Path, req: ComposeRequest) -> str:
     for d in dirs.values():
         d.mkdir(parents=True)
     try:
-        job = {
-            "lower": str(req.base_root),
-            "dbpath": str(req.dbpath),
-            "rpms": [str(p) for p in req.rpms],
-            **{k: str(v) for k, v in dirs.items()},
-        }
-        proc = run(
-            ["unshare", "--mount", "--propagation", "private", sys.executable, "-m", "lulayer.layering.compose"],
-            input=json.dumps(job), check=False,
-        )
-        if proc.returncode != 0:
-            lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-            msg = lines[-1] if lines else f"exit status {proc.returncode}"
-            if msg.startswith("error: "):
-                msg = msg[len("error: "):]
-            raise ComposeError(f"composing the new tree failed: {msg}")
+        try:
+            in_mount_namespace("lulayer-compose", lambda: _transaction(req, dirs))
+        except LulayerError as e:
+            raise ComposeError(f"composing the new tree failed: {e.message}") from e
         return _commit_upper(repo, req, dirs["upper-root"], dirs["upper-etc"])
     finally:
         remove_path(scratch)
@@ -194,19 +181,15 @@ def _commit_upper(repo: OSTree.Repo, req: ComposeRequest, upper_root: Path, uppe
     return result
 
 
-# --- the child process: mounts and the rpm transaction -----------------------------------
+# --- the forked child: mounts and the rpm transaction -----------------------------------
 
-def _worker(job: dict[str, object]) -> None:
-    from lulayer.apply.overlay import MS_BIND, mount, mount_overlay
-    from lulayer.rpmdb.transaction import install_rpms, make_readonly_safe
-
-    lower, merged = Path(str(job["lower"])), Path(str(job["merged"]))
+def _transaction(req: ComposeRequest, dirs: dict[str, Path]) -> None:
+    lower, merged = req.base_root, dirs["merged"]
     # Redirects and metacopy off: the upper layer must hold whole files and
     # real directories, since it is committed as it is.
-    mount_overlay(merged, lower, Path(str(job["upper-root"])), Path(str(job["work-root"])), redirect_dir=False)
+    mount_overlay(merged, lower, dirs["upper-root"], dirs["work-root"], redirect_dir=False)
     (merged / "etc").mkdir(exist_ok=True)
-    mount_overlay(merged / "etc", lower / "usr" / "etc", Path(str(job["upper-etc"])), Path(str(job["work-etc"])),
-                  redirect_dir=False)
+    mount_overlay(merged / "etc", lower / "usr" / "etc", dirs["upper-etc"], dirs["work-etc"], redirect_dir=False)
     for d in ("proc", "dev", "run", "tmp"):
         (merged / d).mkdir(exist_ok=True)
     mount("proc", merged / "proc", "proc")
@@ -217,19 +200,5 @@ def _worker(job: dict[str, object]) -> None:
         target = merged / "dev" / node
         target.touch()
         mount(f"/dev/{node}", target, None, MS_BIND)
-    rpms = [Path(str(p)) for p in job["rpms"]]  # type: ignore[attr-defined]
-    dbpath = PurePosixPath(str(job["dbpath"]))
-    install_rpms(merged, dbpath, rpms)
-    make_readonly_safe(merged, dbpath)
-
-
-def main() -> None:
-    try:
-        _worker(json.loads(sys.stdin.read()))
-    except LulayerError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-
-
-if __name__ == "__main__":
-    main()
+    install_rpms(merged, req.dbpath, req.rpms)
+    make_readonly_safe(merged, req.dbpath)

@@ -26,7 +26,7 @@ TOP = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.root
 
 OSTREE_REPO = Path("ostree/repo")
-COMPOSE_WORKER = "lulayer.layering.compose"
+COMPOSE_WORKER = "lulayer-compose"  # the forked compose child's name (/proc/PID/comm)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -394,10 +394,10 @@ def _session_procs(sid: int) -> list[tuple[int, str]]:
         try:
             if os.getsid(int(entry)) != sid:
                 continue
-            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            comm = Path(f"/proc/{entry}/comm").read_text().strip()
         except (OSError, ProcessLookupError):
             continue
-        found.append((int(entry), cmdline))
+        found.append((int(entry), comm))
     return found
 
 
@@ -408,7 +408,7 @@ def test_sigkill_during_compose_leaves_no_deployment_and_next_run_cleans_up(sysr
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, cwd=TOP,
     )
     try:
-        _wait_for(lambda: any(COMPOSE_WORKER in c for _, c in _session_procs(proc.pid)) or proc.poll() is not None,
+        _wait_for(lambda: any(c == COMPOSE_WORKER for _, c in _session_procs(proc.pid)) or proc.poll() is not None,
                   what="the compose worker")
         assert proc.poll() is None, "install ended before its compose worker was seen"
         os.killpg(proc.pid, signal.SIGKILL)
