@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
 import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -44,6 +43,7 @@ from lulayer.apply.overlay import (
     unmount,
 )
 from lulayer.errors import LiveApplyError
+from lulayer.faults import fault
 from lulayer.fsutil import (
     RENAME_EXCHANGE,
     TEMP_NAME_RE,
@@ -60,15 +60,9 @@ from lulayer.rpmdb.db import commit_packages, tree_dbpath
 from lulayer.run import run
 from lulayer.sysroot import Deployment, Sysroot
 
-FAULT_ENV = "LULAYER_TEST_FAULT"  # set only by tests: SIGKILL ourselves at that step
 STEPS = ("marked", "overlay", "files-half", "files", "rpmdb-new", "exchanged", "removed", "etc")
 RESET_STEPS = ("reset-marked", "reset-unmounted")  # the same, for apply-live --reset
 _UNIT_DIRS = ("/usr/lib/systemd/system/", "/usr/lib/systemd/user/")
-
-
-def _fault(step: str) -> None:
-    if os.environ.get(FAULT_ENV) == step:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass(frozen=True)
@@ -337,11 +331,11 @@ def _exchange_rpmdb(sysroot: Sysroot, applier: _Applier, target: str, dbpath: Pu
         os.fsync(fd)
     finally:
         os.close(fd)
-    _fault("rpmdb-new")
+    fault("rpmdb-new")
     applier.tree.forget(_rel(str(dbpath), applier.prefix))
     renameat2(parent, new, parent, name, RENAME_EXCHANGE)
     os.fsync(parent)
-    _fault("exchanged")
+    fault("exchanged")
     remove_tree_at(parent, new)
     os.fsync(parent)
     return "exchanged atomically"
@@ -401,11 +395,11 @@ def reset(sysroot: Sysroot, say: Callable[[str], None]) -> LiveResult:
         # next command finishes the reset (finish_interrupted), never diffs from a live
         # commit the pristine /usr no longer holds.
         live_state.write_state(sysroot, booted, live_state.begin(st, booted.checksum))
-    _fault("reset-marked")
+    fault("reset-marked")
     if ours:
         # Lazily: processes running from the live /usr keep their files.
         unmount(usr, lazy=True)
-    _fault("reset-unmounted")
+    fault("reset-unmounted")
     _drop_backing(backing_dir(sysroot, booted))
     live_state.clear_state(sysroot, booted)
     return LiveResult(source=source, target=booted.checksum, changes=changes, resumed=st.inprogress is not None)
@@ -437,9 +431,9 @@ def apply_live(sysroot: Sysroot, target: str, *, allow_replacement: bool = False
                allow_replacement=allow_replacement, allow_removal=allow_removal)
     try:
         live_state.write_state(sysroot, booted, live_state.begin(st, target))
-        _fault("marked")
+        fault("marked")
         with writable_usr(sysroot, booted) as (usr, exchange_ok):
-            _fault("overlay")
+            fault("overlay")
             tree = _Tree(usr)
             try:
                 applier = _Applier(sysroot, tree, "/usr")
@@ -457,9 +451,9 @@ def apply_live(sysroot: Sysroot, target: str, *, allow_replacement: bool = False
                 for i, f in enumerate(entries):
                     applier.write_file(f)
                     if i == len(entries) // 2:
-                        _fault("files-half")
+                        fault("files-half")
                 os.sync()
-                _fault("files")
+                fault("files")
                 rpmdb = "unchanged"
                 if rpmdb_changed:
                     rpmdb = _exchange_rpmdb(sysroot, applier, target, dbpath, exchange_ok)
@@ -468,11 +462,11 @@ def apply_live(sysroot: Sysroot, target: str, *, allow_replacement: bool = False
                 for path in files.removed_dirs:
                     applier.remove_dir(path)
                 os.sync()
-                _fault("removed")
+                fault("removed")
             finally:
                 tree.close()
         etc_added = _add_etc(sysroot, root, applier, diff)
-        _fault("etc")
+        fault("etc")
     except OSError as e:
         # ENOSPC, EIO, EROFS...: the update stays "in progress" and is finished by the next
         # command once the cause is gone; every step so far is safe to redo.

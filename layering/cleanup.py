@@ -10,6 +10,7 @@ from lulayer.errors import SysrootError
 from lulayer.fsutil import opened_dir, remove_tree_at
 from lulayer.layering.deploy import remove
 from lulayer.layering.layer import base_commit_of
+from lulayer.layering.staged import drop as drop_staged
 from lulayer.sysroot import Sysroot
 
 
@@ -26,6 +27,8 @@ def _remove_children(parent: str, keep: set[str]) -> list[str]:
 def cleanup(sysroot: Sysroot, *, pending: bool, rollback: bool, repomd: bool) -> list[str]:
     said: list[str] = []
     doomed = []
+    if pending and (staged := drop_staged(sysroot)) is not None:
+        said.append(f"Dropped the staged deployment of {staged.commit[:12]} (not yet written)")
     if pending and (p := sysroot.pending()) is not None:
         doomed.append(p)
     if rollback:

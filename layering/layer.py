@@ -28,8 +28,10 @@ from lulayer.layering.resolver import (
     read_repo_configs,
     split_specs,
 )
+from lulayer.layering.staged import StagedDeployment
+from lulayer.layering.staged import write as write_staged
 from lulayer.rpmdb.db import Package, commit_packages, read_packages, snapshot, tree_dbpath
-from lulayer.sysroot import Deployment, Sysroot, commit_metadata, resolve_ref
+from lulayer.sysroot import Deployment, Origin, Sysroot, commit_metadata, resolve_ref
 
 AT_FDCWD = -100
 
@@ -63,6 +65,7 @@ class LayerResult:
     dry_run: bool = False
     message: str | None = None  # why nothing was done, when nothing was
     commit: str | None = field(default=None)
+    staged: StagedDeployment | None = None  # recorded for the next boot, not yet written
 
 
 def base_commit_of(repo: OSTree.Repo, commit: str) -> str:
@@ -140,7 +143,8 @@ class Layering:
     def cache_dir(self) -> Path:
         return self.sysroot.var_dir(self.sysroot.booted().osname) / "cache" / "lulayer"
 
-    def install(self, names: Sequence[str], *, dry_run: bool = False, idempotent: bool = False) -> LayerResult:
+    def install(self, names: Sequence[str], *, dry_run: bool = False, idempotent: bool = False,
+                stage: bool = False) -> LayerResult:
         names = split_specs(names)
         if not names:
             raise LulayerError("no package named", hint="lulayer install PKG...")
@@ -154,9 +158,10 @@ class Layering:
         if not new:
             return LayerResult(PackageChanges(), tuple(sorted(current)), dry_run=dry_run,
                                message=f"already requested: {', '.join(already)}; nothing to do")
-        return self._layer(merge, current | set(new), dry_run=dry_run, upgrade=False)
+        return self._layer(merge, current | set(new), dry_run=dry_run, upgrade=False, stage=stage)
 
-    def uninstall(self, names: Sequence[str], *, remove_all: bool = False, dry_run: bool = False) -> LayerResult:
+    def uninstall(self, names: Sequence[str], *, remove_all: bool = False, dry_run: bool = False,
+                  stage: bool = False) -> LayerResult:
         names = split_specs(names)
         merge = self.sysroot.merge_deployment()
         current = set(merge.origin.requested)
@@ -171,13 +176,14 @@ class Layering:
             what = "; ".join(f"{n} is part of the base image" if n in in_base else f"{n} is not layered"
                              for n in missing)
             raise LulayerError(what, hint="only layered packages can be uninstalled; `lulayer status` lists them")
-        return self._layer(merge, current - set(names), dry_run=dry_run, upgrade=False)
+        return self._layer(merge, current - set(names), dry_run=dry_run, upgrade=False, stage=stage)
 
-    def upgrade(self, *, dry_run: bool = False) -> LayerResult:
+    def upgrade(self, *, dry_run: bool = False, stage: bool = False) -> LayerResult:
         merge = self.sysroot.merge_deployment()
-        return self._layer(merge, set(merge.origin.requested), dry_run=dry_run, upgrade=True)
+        return self._layer(merge, set(merge.origin.requested), dry_run=dry_run, upgrade=True, stage=stage)
 
-    def _layer(self, merge: Deployment, requested: set[str], *, dry_run: bool, upgrade: bool) -> LayerResult:
+    def _layer(self, merge: Deployment, requested: set[str], *, dry_run: bool, upgrade: bool,
+               stage: bool) -> LayerResult:
         sysroot, repo = self.sysroot, self.sysroot.repo
         composer.clean_stale_scratch(sysroot.path / "ostree" / "repo")
         base = base_commit_of(repo, merge.checksum)
@@ -192,8 +198,7 @@ class Layering:
             changes = PackageChanges.between(old_pkgs, base_pkgs)
             if dry_run:
                 return LayerResult(changes, req_sorted, dry_run=True)
-            dep = deploy(sysroot, base, merge.origin.with_requested(()), merge)
-            return LayerResult(changes, req_sorted, deployment=dep, commit=base)
+            return self._deploy(base, merge.origin.with_requested(()), merge, changes, req_sorted, stage)
 
         layered_now = {p.name: p for p in layered_packages(sysroot, merge.checksum, dbpath)}
         specs = tuple(
@@ -220,5 +225,14 @@ class Layering:
             base_commit=base, base_root=base_root, dbpath=dbpath, rpms=rpms,
             packages=tuple(r.package for r in resolution.install), requested=req_sorted,
         ))
-        dep = deploy(sysroot, commit, merge.origin.with_requested(req_sorted), merge)
-        return LayerResult(changes, req_sorted, deployment=dep, commit=commit)
+        return self._deploy(commit, merge.origin.with_requested(req_sorted), merge, changes, req_sorted, stage)
+
+    def _deploy(self, commit: str, origin: Origin, merge: Deployment, changes: PackageChanges,
+                requested: tuple[str, ...], stage: bool) -> LayerResult:
+        """Deploy commit for the next boot, or with stage, record it to be deployed (staged.py)."""
+        if stage:
+            staged = StagedDeployment.of(commit, origin, merge)
+            write_staged(self.sysroot, staged)
+            return LayerResult(changes, requested, commit=commit, staged=staged)
+        dep = deploy(self.sysroot, commit, origin, merge)
+        return LayerResult(changes, requested, deployment=dep, commit=commit)

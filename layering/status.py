@@ -7,8 +7,10 @@ from pathlib import PurePosixPath
 
 from lulayer.apply.state import read_state
 from lulayer.layering.layer import PackageChanges, base_commit_of, layered_packages
+from lulayer.layering.staged import StagedDeployment, being_written
+from lulayer.layering.staged import read as read_staged
 from lulayer.rpmdb.db import Package, commit_packages, tree_dbpath
-from lulayer.sysroot import Deployment, Sysroot, commit_metadata
+from lulayer.sysroot import Deployment, Origin, Sysroot, commit_metadata
 
 
 @dataclass(frozen=True)
@@ -49,10 +51,39 @@ class LiveStatus:
 
 
 @dataclass(frozen=True)
+class StagedStatus:
+    """A deployment recorded for the next boot and not yet written (layering/staged.py)."""
+
+    staged: StagedDeployment
+    osname: str
+    refspec: str
+    base_checksum: str
+    layered: tuple[Package, ...]
+    being_written: bool  # a detached lulayer child is writing it now
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "osname": self.osname,
+            "checksum": self.staged.commit,
+            "base-checksum": self.base_checksum if self.base_checksum != self.staged.commit else None,
+            "origin": self.refspec,
+            "booted": False,
+            "staged": True,
+            "pending": True,
+            "requested-packages": list(self.staged.requested),
+            "packages": [p.nevra for p in self.layered],
+            "builds-on": self.staged.merge,
+            "being-written": self.being_written,
+            "error": self.staged.error,
+        }
+
+
+@dataclass(frozen=True)
 class Status:
     deployments: tuple[DeploymentStatus, ...]
-    pending_diff: PackageChanges | None  # the pending deployment against the booted one
+    pending_diff: PackageChanges | None  # the pending (or staged) deployment against the booted one
     live: LiveStatus | None = None
+    staged: StagedStatus | None = None
 
     def to_json(self) -> dict[str, object]:
         deps = [d.to_json() for d in self.deployments]
@@ -61,7 +92,8 @@ class Status:
                 d["live-inprogress"] = self.live.inprogress if self.live else None
                 d["live-replaced"] = self.live.commit if self.live and self.live.replaced else None
                 d["live-commit"] = self.live.commit if self.live else None
-        return {"deployments": deps}
+        # Not in "deployments": it has no folder, serial or id yet.
+        return {"deployments": deps, "lulayer-staged": self.staged.to_json() if self.staged else None}
 
 
 def read_status(sysroot: Sysroot) -> Status:
@@ -69,6 +101,9 @@ def read_status(sysroot: Sysroot) -> Status:
     booted = sysroot.booted()
     pending = sysroot.pending()
     rollback = sysroot.rollback()
+    staged = read_staged(sysroot)
+    if staged is not None and pending is not None and pending.checksum == staged.commit:
+        staged = None  # written; its record is about to go
     dbpath: PurePosixPath = tree_dbpath(booted.path)
     out = []
     for d in deps:
@@ -79,17 +114,24 @@ def read_status(sysroot: Sysroot) -> Status:
             base_checksum=base_commit_of(sysroot.repo, d.checksum),
             version=version if isinstance(version, str) else None,
             layered=layered_packages(sysroot, d.checksum, dbpath),
-            pending=pending is not None and d.name == pending.name,
+            pending=staged is None and pending is not None and d.name == pending.name,
             rollback=rollback is not None and d.name == rollback.name,
         ))
+    staged_status = None
+    if staged is not None:
+        origin = Origin.from_data(staged.origin)
+        staged_status = StagedStatus(staged, booted.osname, origin.refspec,
+                                     base_commit_of(sysroot.repo, staged.commit),
+                                     layered_packages(sysroot, staged.commit, dbpath), being_written(sysroot))
+    next_commit = staged.commit if staged is not None else pending.checksum if pending is not None else None
     diff = None
-    if pending is not None:
+    if next_commit is not None:
         diff = PackageChanges.between(commit_packages(sysroot.repo, booted.checksum, dbpath),
-                                      commit_packages(sysroot.repo, pending.checksum, dbpath))
+                                      commit_packages(sysroot.repo, next_commit, dbpath))
     st = read_state(sysroot, booted)
     live = None
     if st.live:
         live_pkgs = commit_packages(sysroot.repo, st.commit, dbpath)
         live = LiveStatus(st.commit, st.inprogress, st.replaced,
                           PackageChanges.between(commit_packages(sysroot.repo, booted.checksum, dbpath), live_pkgs))
-    return Status(tuple(out), diff, live)
+    return Status(tuple(out), diff, live, staged_status)

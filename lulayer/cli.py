@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -47,8 +48,10 @@ def _progress() -> Callable[[str, int, int], None] | None:
 
 
 @contextmanager
-def _locked(ctx: Context, *, write: bool = True, finish_live: bool = True) -> Iterator[Any]:
-    """The sysroot, locked for writing; a live update a killed run left is finished first."""
+def _locked(ctx: Context, *, write: bool = True, finish_live: bool = True,
+            finish_staged: bool = True) -> Iterator[Any]:
+    """The sysroot, locked for writing; a live update or a staged deployment that a killed
+    run left is finished first."""
     from lulayer.lock import sysroot_lock
     from lulayer.sysroot import Sysroot, require_root
 
@@ -65,6 +68,12 @@ def _locked(ctx: Context, *, write: bool = True, finish_live: bool = True) -> It
             done = finish_interrupted(sysroot, _say)
             if done is not None:
                 _print_live(done)
+        if finish_staged:
+            from lulayer.layering.staged import finalize
+
+            dep = finalize(sysroot)
+            if dep is not None:
+                _say(f"Wrote the deployment staged for the next boot: {dep.name}")
         yield sysroot
 
 
@@ -139,14 +148,32 @@ def _layer(ctx: Context, op: str, live: bool, allow_replacement: bool, **kwargs:
     from lulayer.layering.layer import Layering
 
     with _locked(ctx) as sysroot:
-        result = getattr(Layering(sysroot, progress=_progress(), say=_say), op)(**kwargs)
+        # With --live the next boot's deployment is staged: written after the live update, detached.
+        result = getattr(Layering(sysroot, progress=_progress(), say=_say), op)(stage=live, **kwargs)
         _print_changes(result, "next boot")
         if live and not result.dry_run:
             from lulayer.apply.live import apply_live
+            from lulayer.layering.staged import finalize
 
-            target = sysroot.deployments()[0].checksum
-            _print_live(apply_live(sysroot, target, allow_replacement=allow_replacement,
-                                   allow_removal=op == "uninstall", say=_say))
+            target = result.commit or sysroot.deployments()[0].checksum
+            try:
+                live_result = apply_live(sysroot, target, allow_replacement=allow_replacement,
+                                         allow_removal=op == "uninstall", say=_say)
+            except BaseException:
+                finalize(sysroot)  # a refused or failed live apply still leaves the next boot's deployment
+                raise
+            _print_live(live_result)
+        if result.staged is not None:
+            _write_staged(sysroot)
+
+
+def _write_staged(sysroot: Any) -> None:
+    from lulayer.layering.staged import finalize, finalize_detached
+
+    click.echo("The next boot's deployment is being written in the background; a reboot waits for it.")
+    if finalize_detached(sysroot, sysroot.run_dir / "lulayer" / "finalize.log"):
+        os._exit(0)  # the detached child holds the lock now: leave without releasing it
+    finalize(sysroot)
 
 
 @cli.command()
@@ -206,6 +233,17 @@ def apply_live_cmd(ctx: Context, reset: bool, allow_replacement: bool) -> None:
 
 @cli.command()
 @click.pass_obj
+def finalize(ctx: Context) -> None:
+    """Write a deployment staged by `--live` now (on a host, shutdown does it too)."""
+    with _locked(ctx, finish_staged=False) as sysroot:
+        from lulayer.layering.staged import finalize as write_staged
+
+        dep = write_staged(sysroot)
+    click.echo(f"Wrote the staged deployment {dep.name}." if dep else "No staged deployment to write.")
+
+
+@cli.command()
+@click.pass_obj
 def rollback(ctx: Context) -> None:
     """Make the previous deployment the default for the next boot."""
     from lulayer.layering.deploy import rollback as do_rollback
@@ -226,7 +264,7 @@ def cleanup(ctx: Context, pending: bool, rollback_: bool, repomd: bool) -> None:
 
     if not (pending or rollback_ or repomd):
         raise click.UsageError("say what to clean: --pending, --rollback and/or --repomd")
-    with _locked(ctx) as sysroot:
+    with _locked(ctx, finish_staged=not pending) as sysroot:
         for line in do_cleanup(sysroot, pending=pending, rollback=rollback_, repomd=repomd):
             click.echo(line)
 
@@ -245,6 +283,8 @@ def status(ctx: Context, as_json: bool, verbose: bool) -> None:
         click.echo(json.dumps(st.to_json(), indent=2))
         return
     click.echo("Deployments:")
+    if st.staged is not None:
+        _print_staged(st.staged, verbose)
     for ds in st.deployments:
         d = ds.deployment
         mark = "●" if d.booted else " "
@@ -277,6 +317,21 @@ def status(ctx: Context, as_json: bool, verbose: bool) -> None:
             click.echo(f"  ~ {old.nevra} -> {new.nevra}")
         for p in diff.removed:
             click.echo(f"  - {p.nevra}")
+
+
+def _print_staged(ss: Any, verbose: bool) -> None:
+    state = ("being written" if ss.being_written else
+             f"write failed: {ss.staged.error}" if ss.staged.error else
+             "not written yet; `lulayer finalize` or a reboot writes it")
+    click.echo(f"  {ss.osname}:{ss.refspec} (pending, staged: {state})")
+    if ss.base_checksum != ss.staged.commit:
+        click.echo(f"{'BaseCommit':>19}: {ss.base_checksum}")
+    click.echo(f"{'Commit':>19}: {ss.staged.commit}")
+    if ss.staged.requested:
+        click.echo(f"{'LayeredPackages':>19}: {' '.join(ss.staged.requested)}")
+    if verbose and ss.layered:
+        click.echo(f"{'Packages':>19}: {' '.join(p.nevra for p in ss.layered)}")
+    click.echo("")
 
 
 def _print_live_status(live: Any) -> None:

@@ -19,16 +19,52 @@ def _owner_file(sysroot: Sysroot) -> str:
     return str(sysroot.run_dir / "lulayer" / "lock.owner")
 
 
-def lock_holder(sysroot: Sysroot) -> str:
-    """Who holds the sysroot lock, as best we can tell."""
+def _lulayer_holder(sysroot: Sysroot) -> tuple[str, str] | None:
+    """The pid and command of the lulayer process that holds the lock, if one does."""
     try:
         with open(_owner_file(sysroot)) as f:
             pid, _, cmd = f.read().partition(" ")
-        if pid.isdigit() and os.path.exists(f"/proc/{pid}"):
-            return f"lulayer (pid {pid}: {cmd.strip()})"
     except FileNotFoundError:
-        pass
+        return None
+    if pid.isdigit() and _alive(int(pid)):
+        return pid, cmd.strip()
+    return None
+
+
+def _alive(pid: int) -> bool:
+    """Whether pid runs (a killed process nobody has reaped yet is a zombie: not alive)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+def lock_holder(sysroot: Sysroot) -> str:
+    """Who holds the sysroot lock, as best we can tell."""
+    holder = _lulayer_holder(sysroot)
+    if holder is not None:
+        return f"lulayer (pid {holder[0]}: {holder[1]})"
     return "another process (ostree admin or rpm-ostreed)"
+
+
+def held_for(sysroot: Sysroot, what: str) -> bool:
+    """Whether a lulayer process holds the lock, named by inherited_lock(sysroot, what)."""
+    holder = _lulayer_holder(sysroot)
+    return holder is not None and holder[1] == what
+
+
+def _write_owner(sysroot: Sysroot, what: str) -> None:
+    owner = _owner_file(sysroot)
+    os.makedirs(os.path.dirname(owner), exist_ok=True)
+    with open(owner + ".tmp", "w") as f:
+        f.write(f"{os.getpid()} {what}\n")
+    os.rename(owner + ".tmp", owner)
+
+
+def _clear_owner(sysroot: Sysroot) -> None:
+    with suppress(FileNotFoundError):
+        os.unlink(_owner_file(sysroot))
 
 
 @contextmanager
@@ -39,16 +75,23 @@ def sysroot_lock(sysroot: Sysroot, on_wait: Callable[[str], None] | None = None)
         if on_wait:
             on_wait(f"waiting for the sysroot lock, held by {lock_holder(sysroot)}")
         sysroot.ostree.lock()
-    owner = _owner_file(sysroot)
     try:
-        os.makedirs(os.path.dirname(owner), exist_ok=True)
-        with open(owner + ".tmp", "w") as f:
-            f.write(f"{os.getpid()} {' '.join(sys.argv)}\n")
-        os.rename(owner + ".tmp", owner)
+        _write_owner(sysroot, " ".join(sys.argv))
         # Another process may have changed the deployments while we waited.
         sysroot.reload()
         yield
     finally:
-        with suppress(FileNotFoundError):
-            os.unlink(owner)
+        _clear_owner(sysroot)
         sysroot.ostree.unlock()
+
+
+@contextmanager
+def inherited_lock(sysroot: Sysroot, what: str) -> Iterator[None]:
+    """In a forked child that shares the lock of its parent (an OFD lock belongs to the
+    open file, which the child shares): name it the holder for the block. The lock goes
+    when the last process holding the file exits."""
+    try:
+        _write_owner(sysroot, what)
+        yield
+    finally:
+        _clear_owner(sysroot)

@@ -53,6 +53,16 @@ class Origin:
         data, _ = kf.to_data()
         return cls(refspec=refspec, requested=requested, keyfile_data=data)
 
+    @classmethod
+    def from_data(cls, data: str) -> Origin:
+        """The origin in the text of a .origin key file."""
+        kf = GLib.KeyFile()
+        try:
+            kf.load_from_data(data, len(data.encode()), GLib.KeyFileFlags.KEEP_COMMENTS)
+        except GLib.Error as e:
+            raise SysrootError(f"a recorded .origin cannot be read: {e.message}") from e
+        return cls.from_keyfile(kf)
+
     def with_requested(self, requested: Sequence[str]) -> Origin:
         return Origin(self.refspec, tuple(sorted(set(requested))), self.keyfile_data)
 

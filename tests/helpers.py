@@ -8,6 +8,7 @@ the real file system. Keep the functions general: several test files use them.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
 import subprocess
@@ -22,6 +23,8 @@ TOP = Path(__file__).resolve().parent.parent
 DBPATH = "/usr/share/rpm"
 # Files a reader of the rpmdb may leave beside it at run time (never in a commit).
 RPMDB_RUNTIME_FILES = frozenset({"rpmdb.sqlite-shm", "rpmdb.sqlite-wal", "rpmdb.sqlite-journal", ".rpm.lock"})
+LIVE_FLAGS = frozenset({"--live", "-A", "--apply-live"})
+wait_unlocked = fixture_build.wait_unlocked
 
 
 # --------------------------------------------------------------------------- running programs
@@ -46,9 +49,17 @@ def describe(proc: subprocess.CompletedProcess[str]) -> str:
 
 
 def lulayer(sysroot: Path, *args: str, check: bool = True, env: Mapping[str, str] | None = None,
-            ) -> subprocess.CompletedProcess[str]:
-    """Run `lulayer --sysroot SYSROOT ARGS...` (the real CLI, as a subprocess)."""
-    return run([sys.executable, "-m", "lulayer", "--sysroot", str(sysroot), *args], check=check, env=env)
+            settle: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run `lulayer --sysroot SYSROOT ARGS...` (the real CLI, as a subprocess).
+
+    A --live command returns before the deployment it staged for the next boot is
+    written (lulayer's staged.py): with settle, this waits for that too, so that the
+    caller sees the sysroot at rest (tests/test_staged.py looks before).
+    """
+    proc = run([sys.executable, "-m", "lulayer", "--sysroot", str(sysroot), *args], check=check, env=env)
+    if settle and LIVE_FLAGS.intersection(args):
+        wait_unlocked(sysroot)
+    return proc
 
 
 def chroot(root: Path, *cmd: str, check: bool = False) -> subprocess.CompletedProcess[str]:
@@ -103,6 +114,23 @@ def pending(sysroot: Path) -> Path:
 def commit_of(deployment: Path) -> str:
     """The commit checksum of a deployment folder (named CHECKSUM.SERIAL)."""
     return Path(deployment).name.rsplit(".", 1)[0]
+
+
+def origin_of(deployment: Path) -> str:
+    """The text of a deployment's .origin file (beside its folder)."""
+    return Path(deployment).with_name(Path(deployment).name + ".origin").read_text()
+
+
+def staged_record(sysroot: Path) -> dict[str, object] | None:
+    """What lulayer recorded to deploy for the next boot and has not written yet."""
+    record = Path(sysroot) / "ostree" / "lulayer" / "staged.json"
+    return json.loads(record.read_text()) if record.exists() else None  # type: ignore[no-any-return]
+
+
+def next_commit(sysroot: Path) -> str:
+    """The commit the next boot gets: the staged one (not yet written), else the default deployment's."""
+    record = staged_record(sysroot)
+    return str(record["commit"]) if record is not None else commit_of(pending(sysroot))
 
 
 def repo_of(sysroot: Path) -> Path:

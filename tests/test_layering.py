@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from fixtures import build as fixtures_build
-from tests.helpers import tree_snapshot
+from tests.helpers import origin_of, tree_snapshot
 
 TOP = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.root
@@ -73,9 +73,6 @@ def rpm_query(root: Path, *names: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["rpm", "--root", str(root), "--dbpath", "/usr/share/rpm", "-q", *names],
                           capture_output=True, text=True)
 
-
-def origin_of(deployment: Path) -> str:
-    return deployment.with_name(deployment.name + ".origin").read_text()
 
 
 def status_json(sysroot: Path) -> list[dict[str, object]]:

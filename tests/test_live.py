@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from fixtures import build as fixture_build
-from lulayer.apply.live import FAULT_ENV, STEPS
+from lulayer.apply.live import STEPS
+from lulayer.faults import FAULT_ENV
 from tests.helpers import (
     DBPATH,
     RPMDB_RUNTIME_FILES,
@@ -26,6 +27,7 @@ from tests.helpers import (
     describe,
     fstype_at,
     lulayer,
+    next_commit,
     one_error_line,
     ostree_fsck,
     pending,
@@ -217,7 +219,7 @@ def test_interrupted_live_update_is_finished_by_another_mutating_command(sysroot
     live = booted(sysroot)
     killed = lulayer(sysroot, "install", "htop", "--live", check=False, env={FAULT_ENV: "files-half"})
     assert killed.returncode == -9, describe(killed)
-    target = commit_of(pending(sysroot))
+    target = next_commit(sysroot)
 
     out = lulayer(sysroot, "install", "hello-config")
 

@@ -32,7 +32,8 @@ from pathlib import Path
 import pytest
 
 from fixtures import build as fixture_build
-from lulayer.apply.live import FAULT_ENV, RESET_STEPS
+from lulayer.apply.live import RESET_STEPS
+from lulayer.faults import FAULT_ENV
 from tests.helpers import (
     DBPATH,
     RPMDB_RUNTIME_FILES,
@@ -52,8 +53,10 @@ from tests.helpers import (
     rpm,
     rpm_names,
     run,
+    staged_record,
     tree_diff,
     tree_entries,
+    wait_unlocked,
 )
 
 pytestmark = pytest.mark.root
@@ -299,7 +302,9 @@ def random_kills(sysroot: Path, scratch: Path, iterations: int, seed: int, *, re
         context = (f"iteration {i} (seed {seed}): {' '.join(op)} killed {delay:.3f}s after "
                    f"{'the mark' if aim else 'the start'}, rc {rc}")
         if r < 0.6:
-            has_pending = not fixture_build.deployments(sysroot)[0].samefile(booted(sysroot))
+            wait_unlocked(sysroot)  # a detached writer of the killed command's staged deployment
+            has_pending = (staged_record(sysroot) is not None
+                           or not fixture_build.deployments(sysroot)[0].samefile(booted(sysroot)))
             out = lulayer(sysroot, "apply-live", "--allow-replacement", check=False)
             if has_pending:
                 assert out.returncode == 0, f"{context}\n{describe(out)}"
@@ -575,6 +580,7 @@ def test_two_live_commands_at_once_serialize_and_both_apply(sysroot: Path, tmp_p
              _spawn(sysroot, ["install", "hello-config", "--live"], logs[1])]
     rcs = [p.wait(timeout=300) for p in procs]
     assert rcs == [0, 0], [log.read_text() for log in logs]
+    wait_unlocked(sysroot)  # the second one's deployment is written after it returns
     target = commit_of(pending(sysroot))
     assert requested(pending(sysroot)) == {"htop", "hello-config"}
     assert_live_is(sysroot, target, tmp_path / "target", set(WITH_HTOP | {"hello-config"}))

@@ -1,0 +1,181 @@
+"""Staged deployments: the next boot's deployment, written after a live update returns.
+
+Writing a deployment is a hardlink checkout of the whole image, which grows
+with the image (2 s for 100k files here) while a live update grows with the
+change. With --live the change is already in use when the new commit exists,
+so lulayer records what to deploy (the commit, its origin, the deployment it
+builds on) durably, applies it live, returns, and leaves the deployment to a
+detached child that inherits the sysroot lock. As with rpm-ostree's staged
+deployments, the write is finished before the next boot: on a host by
+lulayer-finalize.service at shutdown, on a folder sysroot by whatever reboots
+it (fixtures.build.reboot). Every lulayer command that takes the lock first
+finishes a staged deployment that is still recorded (a killed child, a crash),
+so the request is never lost; a failed write is recorded and shown by status.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import traceback
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from lulayer.errors import LulayerError, SysrootError
+from lulayer.faults import fault
+from lulayer.fsutil import opened_dir, suppress_errno, write_file_atomic
+from lulayer.sysroot import Deployment, Origin, Sysroot
+
+RECORD = "staged.json"
+WRITER = "writing the staged deployment for the next boot"  # the detached child, as lock holder
+# On a host the shutdown hook: its ExecStop= finishes a staged deployment before the reboot.
+FINALIZE_UNIT = "lulayer-finalize.service"
+
+
+@dataclass(frozen=True)
+class StagedDeployment:
+    commit: str
+    origin: str  # the .origin key file's text
+    merge: str  # the deployment it builds on (CHECKSUM.SERIAL): its /etc is merged
+    requested: tuple[str, ...]
+    error: str | None = None  # why the last write failed
+
+    @classmethod
+    def of(cls, commit: str, origin: Origin, merge: Deployment) -> StagedDeployment:
+        data, _ = origin.to_keyfile().to_data()
+        return cls(commit, data, merge.name, origin.requested)
+
+
+def _dir(sysroot: Sysroot) -> Path:
+    return sysroot.path / "ostree" / "lulayer"
+
+
+def read(sysroot: Sysroot) -> StagedDeployment | None:
+    try:
+        raw = json.loads((_dir(sysroot) / RECORD).read_text())
+        return StagedDeployment(raw["commit"], raw["origin"], raw["merge"], tuple(raw["requested"]), raw.get("error"))
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError) as e:
+        raise SysrootError(f"{_dir(sysroot) / RECORD} is corrupt ({e})",
+                           hint="remove it and run the install again") from e
+
+
+def write(sysroot: Sysroot, staged: StagedDeployment) -> None:
+    d = _dir(sysroot)
+    d.mkdir(parents=True, exist_ok=True)
+    with opened_dir(d) as fd:
+        write_file_atomic(fd, RECORD, json.dumps(asdict(staged), indent=1).encode() + b"\n")
+
+
+def clear(sysroot: Sysroot) -> None:
+    with opened_dir(_dir(sysroot)) as fd, suppress_errno(errno.ENOENT):
+        os.unlink(RECORD, dir_fd=fd)
+        os.fsync(fd)
+
+
+def finalize(sysroot: Sysroot) -> Deployment | None:
+    """Write the staged deployment, if one is recorded (the caller holds the lock)."""
+    from lulayer.layering.deploy import deploy
+
+    staged = read(sysroot)
+    if staged is None:
+        return None
+    pending = sysroot.pending()
+    if pending is not None and pending.checksum == staged.commit and pending.origin.requested == staged.requested:
+        clear(sysroot)  # written; the record outlived the write (killed in between)
+        return pending
+    merge = next((d for d in sysroot.deployments() if d.name == staged.merge), None)
+    if merge is None:
+        clear(sysroot)
+        raise SysrootError(f"the staged deployment of {staged.commit[:12]} builds on deployment {staged.merge}, "
+                           "which is gone; it was dropped", hint="run the install again")
+    try:
+        dep = deploy(sysroot, staged.commit, Origin.from_data(staged.origin), merge)
+    except LulayerError as e:
+        write(sysroot, replace(staged, error=str(e)))
+        raise SysrootError(f"writing the staged deployment of {staged.commit[:12]} failed: {e.message}",
+                           hint=e.hint or "fix that and run any lulayer command, or drop it with "
+                                          "`lulayer cleanup --pending`") from e
+    clear(sysroot)
+    return dep
+
+
+def drop(sysroot: Sysroot) -> StagedDeployment | None:
+    """Forget the staged deployment without writing it."""
+    staged = read(sysroot)
+    if staged is not None:
+        clear(sysroot)
+    return staged
+
+
+def being_written(sysroot: Sysroot) -> bool:
+    """Whether a detached child is writing the staged deployment now."""
+    from lulayer.lock import held_for
+
+    return held_for(sysroot, WRITER)
+
+
+def _peak_rss_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _single_threaded() -> bool:
+    return len(os.listdir("/proc/self/task")) == 1
+
+
+def _arm_shutdown_hook() -> bool:
+    """On a host: start the unit whose ExecStop= finishes the deployment at shutdown."""
+    try:
+        proc = subprocess.run(["systemctl", "start", FINALIZE_UNIT], capture_output=True, check=False)
+    except FileNotFoundError:
+        return False
+    return proc.returncode == 0
+
+
+def finalize_detached(sysroot: Sysroot, log: Path) -> bool:
+    """Hand the staged deployment to a detached child; True in the parent, which must
+    then leave with os._exit (a normal exit would release the lock the child holds now).
+
+    False when it cannot be detached safely (a threaded process, or a host without the
+    shutdown hook): the caller writes it itself.
+    """
+    if not _single_threaded() or (not sysroot.folder and not _arm_shutdown_hook()):
+        return False
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if os.fork() != 0:
+        return True
+    code = 1
+    try:  # the child: never returns
+        os.setsid()
+        log.parent.mkdir(parents=True, exist_ok=True)
+        out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        os.dup2(null, 0)
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        from lulayer.lock import inherited_lock
+
+        with inherited_lock(sysroot, WRITER):
+            fault("staged-stop", signal.SIGSTOP)
+            fault("staged-write")
+            dep = finalize(sysroot)
+        print(f"wrote {dep.name if dep else 'nothing'}", flush=True)
+        print(f"peak RSS {_peak_rss_kib()} kB", flush=True)
+        code = 0
+    except LulayerError as e:
+        print(f"error: {e}", flush=True)
+    except BaseException:  # the child reports; it must never unwind into the parent's code
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)

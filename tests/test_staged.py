@@ -1,0 +1,218 @@
+"""Staged deployments: `--live` returns once the change is live; a detached child
+writes the next boot's deployment (layering/staged.py).
+
+The fault points stop or kill that child where the tests need it to be, so
+every state a user can see is looked at deterministically: being written, not
+written (the writer was killed), failed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fixtures import build as fixture_build
+from lulayer.faults import FAULT_ENV
+from tests.helpers import (
+    booted,
+    chroot,
+    commit_of,
+    describe,
+    lulayer,
+    one_error_line,
+    origin_of,
+    ostree_fsck,
+    pending,
+    rpm_names,
+    run,
+    staged_record,
+    wait_unlocked,
+)
+
+pytestmark = pytest.mark.root
+
+BASE = set(fixture_build.BASE_PACKAGES)
+WITH_HTOP = BASE | {"htop", "ncurses-libs"}
+WRITER = "writing the staged deployment for the next boot"
+deployments = fixture_build.deployments
+
+
+def _status_json(sysroot: Path) -> dict[str, object]:
+    return json.loads(lulayer(sysroot, "status", "--json").stdout)  # type: ignore[no-any-return]
+
+
+def _install_live_with_writer_killed(sysroot: Path) -> subprocess.CompletedProcess[str]:
+    out = lulayer(sysroot, "install", "htop", "--live", env={FAULT_ENV: "staged-write"})
+    # lulayer() waited for the lock: the writer is gone, killed before it wrote anything.
+    return out
+
+
+def _writer_pid(sysroot: Path) -> int:
+    pid, _, what = (sysroot / "run/lulayer/lock.owner").read_text().partition(" ")
+    assert what.strip() == WRITER, what
+    return int(pid)
+
+
+@pytest.fixture
+def stopped_writer(sysroot: Path) -> Iterator[int]:
+    """install htop --live returned; its writer is stopped (SIGSTOP) before writing. Yields its pid."""
+    lulayer(sysroot, "install", "htop", "--live", env={FAULT_ENV: "staged-stop"}, settle=False)
+    deadline = time.monotonic() + 30
+    pid = None
+    while time.monotonic() < deadline:
+        try:
+            pid = _writer_pid(sysroot)
+            if Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("T"):
+                break
+        except (FileNotFoundError, AssertionError):
+            pass
+        time.sleep(0.02)
+    assert pid is not None, "no detached writer holds the lock"
+    try:
+        yield pid
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        wait_unlocked(sysroot)
+
+
+def test_install_live_returns_with_htop_live_while_the_deployment_is_being_written(
+        sysroot: Path, stopped_writer: int) -> None:
+    live = booted(sysroot)
+    assert chroot(live, "htop").stdout.strip() == "htop 3.3.0"
+    assert rpm_names(live) == WITH_HTOP
+    assert deployments(sysroot) == [live], "nothing is deployed until the writer runs"
+
+    text = lulayer(sysroot, "status").stdout
+    assert "(pending, staged: being written)" in text, text
+    assert "LayeredPackages: htop" in text and "+ htop-3.3.0-1.fc41.x86_64" in text, text
+    staged = _status_json(sysroot)["lulayer-staged"]
+    assert isinstance(staged, dict) and staged["being-written"] and staged["requested-packages"] == ["htop"]
+
+    os.kill(stopped_writer, signal.SIGCONT)
+    wait_unlocked(sysroot)
+
+    assert staged_record(sysroot) is None
+    nxt = pending(sysroot)
+    assert commit_of(nxt) == staged["checksum"]
+    assert "requested=htop;" in origin_of(nxt)
+    assert rpm_names(nxt) == WITH_HTOP
+    assert _status_json(sysroot)["lulayer-staged"] is None
+    ostree_fsck(sysroot)
+
+
+def test_a_command_meanwhile_waits_for_the_writer_then_builds_on_its_deployment(
+        sysroot: Path, stopped_writer: int) -> None:
+    second = subprocess.Popen(
+        [*lulayer_argv(sysroot), "install", "hello-config"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1)
+    assert second.poll() is None, "the second command should wait for the sysroot lock"
+    os.kill(stopped_writer, signal.SIGCONT)
+    _, err = second.communicate(timeout=120)
+    assert second.returncode == 0, err
+    assert f"held by lulayer (pid {stopped_writer}: {WRITER})" in err, err
+
+    assert "requested=hello-config;htop;" in origin_of(pending(sysroot))
+    assert len(deployments(sysroot)) == 2  # the writer's deployment was replaced by the second one's
+    ostree_fsck(sysroot)
+
+
+def lulayer_argv(sysroot: Path) -> list[str]:
+    return [sys.executable, "-m", "lulayer", "--sysroot", str(sysroot)]
+
+
+def test_killed_writer_leaves_the_deployment_staged_and_status_says_so(sysroot: Path) -> None:
+    out = _install_live_with_writer_killed(sysroot)
+    assert "being written in the background" in out.stdout, describe(out)
+    live = booted(sysroot)
+    assert rpm_names(live) == WITH_HTOP
+    assert deployments(sysroot) == [live]
+    record = staged_record(sysroot)
+    assert record is not None and record["requested"] == ["htop"]
+
+    text = lulayer(sysroot, "status").stdout
+    assert "(pending, staged: not written yet; `lulayer finalize` or a reboot writes it)" in text, text
+
+
+def test_finalize_writes_a_staged_deployment_once(sysroot: Path) -> None:
+    _install_live_with_writer_killed(sysroot)
+    target = str(staged_record(sysroot)["commit"])  # type: ignore[index]
+
+    assert lulayer(sysroot, "finalize").stdout.startswith(f"Wrote the staged deployment {target}.")
+    assert commit_of(pending(sysroot)) == target
+    assert lulayer(sysroot, "finalize").stdout.strip() == "No staged deployment to write."
+    assert len(deployments(sysroot)) == 2
+    ostree_fsck(sysroot)
+
+
+def test_next_command_first_writes_a_deployment_whose_writer_was_killed(sysroot: Path) -> None:
+    _install_live_with_writer_killed(sysroot)
+
+    out = lulayer(sysroot, "install", "hello-config")
+
+    assert "Wrote the deployment staged for the next boot" in out.stderr, describe(out)
+    assert "requested=hello-config;htop;" in origin_of(pending(sysroot))
+    assert staged_record(sysroot) is None
+    ostree_fsck(sysroot)
+
+
+def test_reboot_writes_and_boots_a_staged_deployment(sysroot: Path) -> None:
+    old = booted(sysroot)
+    _install_live_with_writer_killed(sysroot)
+
+    new = fixture_build.reboot(sysroot)  # shutdown runs lulayer-finalize.service's ExecStop=
+
+    assert booted(sysroot) == new and new != old
+    assert chroot(new, "htop").stdout.strip() == "htop 3.3.0"
+    assert staged_record(sysroot) is None
+
+
+def test_cleanup_pending_drops_a_staged_deployment_unwritten(sysroot: Path) -> None:
+    _install_live_with_writer_killed(sysroot)
+    live = booted(sysroot)
+
+    out = lulayer(sysroot, "cleanup", "--pending")
+
+    assert "Dropped the staged deployment" in out.stdout, describe(out)
+    assert staged_record(sysroot) is None
+    assert deployments(sysroot) == [live]
+    assert fixture_build.reboot(sysroot) == live
+
+
+def test_failed_write_is_recorded_shown_and_blocks_until_fixed(sysroot: Path) -> None:
+    _install_live_with_writer_killed(sysroot)
+    deploy_dir = sysroot / "ostree" / "deploy" / fixture_build.OSNAME / "deploy"
+    run(["chattr", "+i", deploy_dir], check=True)  # no new deployment folder can be made
+    try:
+        failed = lulayer(sysroot, "finalize", check=False)
+        assert failed.returncode == 1, describe(failed)
+        line = one_error_line(failed)
+        assert line.startswith("error: writing the staged deployment of ") and "failed: " in line, line
+
+        record = staged_record(sysroot)
+        assert record is not None and record["error"]
+        text = lulayer(sysroot, "status").stdout
+        assert "(pending, staged: write failed: " in text, text
+        blocked = lulayer(sysroot, "install", "hello-config", check=False)
+        assert blocked.returncode == 1 and "writing the staged deployment" in one_error_line(blocked)
+        assert deployments(sysroot) == [booted(sysroot)]
+    finally:
+        run(["chattr", "-i", deploy_dir], check=True)
+
+    lulayer(sysroot, "finalize")
+    assert "requested=htop;" in origin_of(pending(sysroot))
+    ostree_fsck(sysroot)
+
+
+def test_install_without_live_writes_the_deployment_before_returning(sysroot: Path) -> None:
+    out = lulayer(sysroot, "install", "htop", env={FAULT_ENV: "staged-write"})  # no writer to kill
+    assert "background" not in out.stdout
+    assert staged_record(sysroot) is None
+    assert rpm_names(pending(sysroot)) == WITH_HTOP
