@@ -44,6 +44,9 @@ from pathlib import Path
 from fixtures import build as fx
 
 HERE = Path(__file__).resolve().parent
+# lulayer's shutdown hook for staged deployments, installed as a package would.
+FINALIZE_UNIT = HERE.parent.parent / "lulayer" / "systemd" / "lulayer-finalize.service"
+GUEST_LULAYER = "/run/lulayer-vm/bin/lulayer"  # written each boot by runner.py's guest.sh
 CACHE = Path(os.environ.get("LULAYER_VM_CACHE") or (HERE.parent.parent / ".cache" / "vm")).absolute()
 MIRROR = os.environ.get("LULAYER_VM_MIRROR", "http://deb.debian.org/debian")
 SUITE = "bookworm"
@@ -87,7 +90,8 @@ def _run(cmd: Sequence[str | os.PathLike[str]], env: dict[str, str] | None = Non
 def inputs_hash() -> str:
     h = hashlib.sha256()
     # fixtures/build.py lays the tree out (ostree_layout).
-    for f in sorted([Path(__file__), Path(fx.__file__), HERE / "debian-base.spec", *(HERE / "guest").iterdir()]):
+    for f in sorted([Path(__file__), Path(fx.__file__), HERE / "debian-base.spec", FINALIZE_UNIT,
+                     *(HERE / "guest").iterdir()]):
         h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
     return h.hexdigest()[:16]
 
@@ -172,6 +176,11 @@ def _guest_files(root: Path) -> None:
     wants = root / "etc/systemd/system/multi-user.target.wants"
     wants.mkdir(parents=True, exist_ok=True)
     (wants / unit.name).symlink_to(f"/etc/systemd/system/{unit.name}")
+    # lulayer runs from the project share here, not /usr/bin: point the hook at it and
+    # keep the share mounted until the hook has run at shutdown.
+    hook = FINALIZE_UNIT.read_text().replace("ExecStop=/usr/bin/lulayer", f"ExecStop={GUEST_LULAYER}")
+    hook = hook.replace("RequiresMountsFor=/sysroot /boot", "RequiresMountsFor=/sysroot /boot /run/lulayer-vm/project")
+    (root / "etc/systemd/system" / FINALIZE_UNIT.name).write_text(hook)
     (root / "etc/hostname").write_text("lulayer-vm\n")
     (root / "etc/fstab").write_text("# the root file system comes from the kernel command line (ostree)\n")
     (root / "etc/machine-id").write_text("")

@@ -75,6 +75,8 @@ step touch-usr sh -c 'touch /usr/x'
 step mount sh -c 'findmnt -n -o FSTYPE,OPTIONS /usr | tail -n 1'
 step same-ns sh -c 'test "$(readlink /proc/1/ns/mnt)" = "$(readlink /proc/self/ns/mnt)"'
 step pid1-sees sh -c 'grep " /usr .*lulayer-live/upper" /proc/1/mountinfo'
+step hook systemctl is-active lulayer-finalize.service
+step settle lulayer finalize
 step status lulayer status
 step json lulayer status --json
 """)
@@ -89,6 +91,8 @@ step json lulayer status --json
     assert b.ok("mount").startswith("overlay ro"), b.ok("mount")
     b.ok("same-ns")  # lulayer ran in the host's mount namespace, and PID 1 sees the overlay
     b.ok("pid1-sees")
+    assert b.ok("hook").strip() == "active"  # the shutdown hook for the staged deployment is armed
+    b.ok("settle")  # waits for the detached writer
     status = b.ok("status")
     assert "(pending)" in status and "LayeredPackages: htop" in status, status
     assert "LiveDiff: 2 added" in status, status
@@ -145,6 +149,7 @@ def test_reboot_boots_the_new_deployment_and_rollback_returns(vm: VM) -> None:
     b1 = vm.boot("""
 step base lulayer status --json
 step install lulayer install htop hello-service --live
+step settle lulayer finalize
 step json lulayer status --json
 """)
     base = _booted(b1, "base")
@@ -210,3 +215,28 @@ step json lulayer status --json
     deps = _deployments(b, "json")
     booted = next(d for d in deps if d["booted"])
     assert booted["live-inprogress"] is None and booted["live-commit"] == deps[0]["checksum"], deps
+
+
+def test_staged_deployment_left_by_a_killed_writer_is_written_at_shutdown(vm: VM) -> None:
+    b1 = vm.boot("""
+step install env LULAYER_TEST_FAULT=staged-write lulayer install htop --live
+step htop htop --version
+step hook systemctl is-active lulayer-finalize.service
+step status lulayer status
+step json lulayer status --json
+""")
+    assert "being written in the background" in b1.ok("install")
+    assert "htop 3.3.0" in b1.ok("htop")
+    assert b1.ok("hook").strip() == "active"
+    assert "staged: not written yet" in b1.ok("status"), b1.ok("status")
+    staged = json.loads(b1.ok("json"))["lulayer-staged"]
+    assert staged["requested-packages"] == ["htop"] and not staged["being-written"], staged
+    assert len(_deployments(b1, "json")) == 1  # nothing deployed before the shutdown hook ran
+    b2 = vm.boot("""
+step json lulayer status --json
+step htop htop --version
+""")
+    booted = _booted(b2, "json")
+    assert booted["checksum"] == staged["checksum"] and booted["requested-packages"] == ["htop"], booted
+    assert "htop 3.3.0" in b2.ok("htop")
+    assert json.loads(b2.ok("json"))["lulayer-staged"] is None
