@@ -40,7 +40,7 @@ FINALIZE_UNIT = "lulayer-finalize.service"
 class StagedDeployment:
     commit: str
     origin: str  # the .origin key file's text
-    merge: str  # the deployment it builds on (CHECKSUM.SERIAL): its /etc is merged
+    merge: str  # the deployment it builds on (CHECKSUM.SERIAL): its /etc is merged in
     requested: tuple[str, ...]
     error: str | None = None  # why the last write failed
 
@@ -89,11 +89,8 @@ def finalize(sysroot: Sysroot) -> Deployment | None:
     if pending is not None and pending.checksum == staged.commit and pending.origin.requested == staged.requested:
         clear(sysroot)  # written; the record outlived the write (killed in between)
         return pending
-    merge = next((d for d in sysroot.deployments() if d.name == staged.merge), None)
-    if merge is None:
-        clear(sysroot)
-        raise SysrootError(f"the staged deployment of {staged.commit[:12]} builds on deployment {staged.merge}, "
-                           "which is gone; it was dropped", hint="run the install again")
+    # Its /etc is merged into the new deployment's; gone (a crash, then cleanup), the booted one's is.
+    merge = next((d for d in sysroot.deployments() if d.name == staged.merge), None) or sysroot.booted()
     try:
         dep = deploy(sysroot, staged.commit, Origin.from_data(staged.origin), merge)
     except LulayerError as e:
@@ -156,6 +153,7 @@ def finalize_detached(sysroot: Sysroot, log: Path) -> bool:
     code = 1
     try:  # the child: never returns
         os.setsid()
+        os.chdir("/")  # hold no mount busy
         log.parent.mkdir(parents=True, exist_ok=True)
         out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)

@@ -21,6 +21,7 @@ class DeploymentStatus:
     layered: tuple[Package, ...]
     pending: bool
     rollback: bool
+    superseded: bool = False  # boots next only until the staged deployment is written, which drops it
 
     def to_json(self) -> dict[str, object]:
         d = self.deployment
@@ -39,6 +40,7 @@ class DeploymentStatus:
             "rollback": self.rollback,
             "requested-packages": list(d.origin.requested),
             "packages": [p.nevra for p in self.layered],
+            "lulayer-superseded": self.superseded,
         }
 
 
@@ -115,6 +117,7 @@ def read_status(sysroot: Sysroot) -> Status:
             version=version if isinstance(version, str) else None,
             layered=layered_packages(sysroot, d.checksum, dbpath),
             pending=staged is None and pending is not None and d.name == pending.name,
+            superseded=staged is not None and pending is not None and d.name == pending.name,
             rollback=rollback is not None and d.name == rollback.name,
         ))
     staged_status = None

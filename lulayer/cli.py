@@ -289,7 +289,8 @@ def status(ctx: Context, as_json: bool, verbose: bool) -> None:
         d = ds.deployment
         mark = "●" if d.booted else " "
         tags = [t for t, on in (("booted", d.booted), ("pending", ds.pending), ("rollback", ds.rollback),
-                                ("staged", d.staged)) if on]
+                                ("staged", d.staged), ("superseded by the staged deployment", ds.superseded))
+                if on]
         click.echo(f"{mark} {d.osname}:{d.origin.refspec}" + (f" ({', '.join(tags)})" if tags else ""))
         if ds.version:
             click.echo(f"{'Version':>19}: {ds.version}")

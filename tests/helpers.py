@@ -24,6 +24,9 @@ DBPATH = "/usr/share/rpm"
 # Files a reader of the rpmdb may leave beside it at run time (never in a commit).
 RPMDB_RUNTIME_FILES = frozenset({"rpmdb.sqlite-shm", "rpmdb.sqlite-wal", "rpmdb.sqlite-journal", ".rpm.lock"})
 LIVE_FLAGS = frozenset({"--live", "-A", "--apply-live"})
+# The fixture base image's packages, and those with htop layered (htop needs ncurses-libs).
+BASE = frozenset(fixture_build.BASE_PACKAGES)
+WITH_HTOP = BASE | {"htop", "ncurses-libs"}
 wait_unlocked = fixture_build.wait_unlocked
 
 

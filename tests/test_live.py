@@ -18,8 +18,10 @@ from fixtures import build as fixture_build
 from lulayer.apply.live import STEPS
 from lulayer.faults import FAULT_ENV
 from tests.helpers import (
+    BASE,
     DBPATH,
     RPMDB_RUNTIME_FILES,
+    WITH_HTOP,
     booted,
     checkout_subpath,
     chroot,
@@ -41,8 +43,6 @@ from tests.helpers import (
 
 pytestmark = pytest.mark.root
 
-BASE = set(fixture_build.BASE_PACKAGES)
-WITH_HTOP = BASE | {"htop", "ncurses-libs"}
 
 
 def assert_usr_is_commit(sysroot: Path, live: Path, commit: str, scratch: Path) -> None:

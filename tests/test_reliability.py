@@ -35,8 +35,10 @@ from fixtures import build as fixture_build
 from lulayer.apply.live import RESET_STEPS
 from lulayer.faults import FAULT_ENV
 from tests.helpers import (
+    BASE,
     DBPATH,
     RPMDB_RUNTIME_FILES,
+    WITH_HTOP,
     booted,
     build_spec_dir,
     checkout_subpath,
@@ -63,8 +65,6 @@ pytestmark = pytest.mark.root
 
 TOP = Path(__file__).resolve().parent.parent
 HOSTILE_SPECS = TOP / "fixtures" / "specs" / "hostile"
-BASE = frozenset(fixture_build.BASE_PACKAGES)
-WITH_HTOP = BASE | {"htop", "ncurses-libs"}
 STATE_FILE = "lulayer-live.json"
 
 

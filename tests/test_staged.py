@@ -21,7 +21,9 @@ import pytest
 
 from fixtures import build as fixture_build
 from lulayer.faults import FAULT_ENV
+from lulayer.layering.staged import WRITER
 from tests.helpers import (
+    WITH_HTOP,
     booted,
     chroot,
     commit_of,
@@ -39,9 +41,6 @@ from tests.helpers import (
 
 pytestmark = pytest.mark.root
 
-BASE = set(fixture_build.BASE_PACKAGES)
-WITH_HTOP = BASE | {"htop", "ncurses-libs"}
-WRITER = "writing the staged deployment for the next boot"
 deployments = fixture_build.deployments
 
 
@@ -216,3 +215,21 @@ def test_install_without_live_writes_the_deployment_before_returning(sysroot: Pa
     assert "background" not in out.stdout
     assert staged_record(sysroot) is None
     assert rpm_names(pending(sysroot)) == WITH_HTOP
+
+
+def test_status_marks_the_deployment_a_staged_one_replaces(sysroot: Path) -> None:
+    lulayer(sysroot, "install", "htop")
+    htop_deployment = pending(sysroot)
+    lulayer(sysroot, "uninstall", "htop", "--live", env={FAULT_ENV: "staged-write"})
+
+    text = lulayer(sysroot, "status").stdout
+    blocks = text.split("\n\n")
+    assert "(pending, staged: not written yet" in blocks[0] and "LayeredPackages" not in blocks[0], text
+    assert "(superseded by the staged deployment)" in blocks[1] and "LayeredPackages: htop" in blocks[1], text
+    deps = _status_json(sysroot)["deployments"]
+    assert isinstance(deps, list)
+    assert [d["lulayer-superseded"] for d in deps] == [True, False] and not any(d["pending"] for d in deps), deps
+
+    lulayer(sysroot, "finalize")
+    assert htop_deployment not in deployments(sysroot)
+    assert origin_of(pending(sysroot)).count("requested") == 0
