@@ -181,6 +181,7 @@ def _guest_files(root: Path) -> None:
     hook = FINALIZE_UNIT.read_text().replace("ExecStop=/usr/bin/lulayer", f"ExecStop={GUEST_LULAYER}")
     hook = hook.replace("RequiresMountsFor=/sysroot /boot", "RequiresMountsFor=/sysroot /boot /run/lulayer-vm/project")
     (root / "etc/systemd/system" / FINALIZE_UNIT.name).write_text(hook)
+    shutil.copy2(HERE / "guest/lulayer-vm-bootcopy.service", root / "etc/systemd/system")
     (root / "etc/hostname").write_text("lulayer-vm\n")
     (root / "etc/fstab").write_text("# the root file system comes from the kernel command line (ostree)\n")
     (root / "etc/machine-id").write_text("")

@@ -15,10 +15,12 @@ image's ``/etc/yum.repos.d`` points). The script is sourced with a helper:
 
     step NAME CMD...   # runs CMD; its output goes to out/NAME.out, its exit code to out/NAME.rc
 
-After the script, guest.sh copies ``/sysroot/boot`` 's loader entries and the
-kernels and initramfs they name to the share, and the next ``boot()`` of the
-same VM boots from them: a real reboot into whatever is now the default
-deployment.
+After the script, guest.sh starts the image's ``lulayer-vm-bootcopy.service``;
+at shutdown, after lulayer-finalize.service has written a staged deployment,
+stopping it runs ``bootcopy.sh``, which copies ``/sysroot/boot`` 's loader
+entries and the kernels and initramfs they name to the share. The next
+``boot()`` of the same VM boots from them: a real reboot into whatever is now
+the default deployment.
 """
 
 from __future__ import annotations
@@ -73,8 +75,14 @@ step() {
 (cd / && . $S/test.sh) >"$O/output.txt" 2>&1 </dev/null
 echo $? >"$O/rc"
 cat /proc/uptime > "$O/uptime-end"
+systemctl start lulayer-vm-bootcopy.service  # copies /boot out at shutdown (bootcopy.sh)
+sync
+"""
 
-# The boot configuration for the next boot, as the boot loader would read it.
+# Run at shutdown by lulayer-vm-bootcopy.service's ExecStop=, after lulayer's own
+# shutdown hook: the boot configuration for the next boot, as the boot loader reads it.
+BOOTCOPY_SH = r"""#!/bin/sh
+O=/run/lulayer-vm/share/out
 mkdir -p "$O/boot/loader/entries"
 cp /sysroot/boot/loader/entries/*.conf "$O/boot/loader/entries/"
 for p in $(sed -n 's/^\(linux\|initrd\)[ \t]*//p' /sysroot/boot/loader/entries/*.conf | sort -u); do
@@ -176,6 +184,7 @@ class VM:
     def boot(self, script: str, *, timeout: int = BOOT_TIMEOUT) -> Boot:
         n = len(self.boots) + 1
         (self.share / "guest.sh").write_text(GUEST_SH)
+        (self.share / "bootcopy.sh").write_text(BOOTCOPY_SH)
         (self.share / "test.sh").write_text(script)
         shutil.rmtree(self.share / "out", ignore_errors=True)
         entry = read_entries(self.boot_dir)[0]
