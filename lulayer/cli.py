@@ -170,8 +170,9 @@ def _layer(ctx: Context, op: str, live: bool, allow_replacement: bool, **kwargs:
 def _write_staged(sysroot: Any) -> None:
     from lulayer.layering.staged import finalize, finalize_detached
 
-    click.echo("The next boot's deployment is being written in the background; a reboot waits for it.")
     if finalize_detached(sysroot, sysroot.run_dir / "lulayer" / "finalize.log"):
+        click.echo("The next boot's deployment is being written in the background; a reboot waits for it.")
+        sys.stdout.flush()
         os._exit(0)  # the detached child holds the lock now: leave without releasing it
     finalize(sysroot)
 

@@ -5,7 +5,10 @@ each size (files added to the base image, see fixtures.build.sysroot_template) a
 each run, on fresh clones of the template sysroot (cloning and copying are set-up,
 never timed), it measures side by side:
 
-* ``install_live_s``: ``lulayer install htop --live``, end to end (subprocess wall time);
+* ``install_live_s``: ``lulayer install htop --live``, end to end (subprocess wall time):
+  when it returns htop is live and the next boot's deployment is staged;
+* ``written_s``: from the same start until the detached child that writes the staged
+  deployment (layering/staged.py) has released the sysroot lock: the next boot is ready;
 * ``apply_live_s``: ``lulayer apply-live`` alone, after an untimed ``lulayer install htop``;
 * ``install_s``: ``lulayer install htop`` (compose and deploy, no --live) alone — it is
   that same install, on the same clone;
@@ -15,7 +18,10 @@ never timed), it measures side by side:
   ncurses-libs into a plain ``cp -a`` copy of the booted deployment (installroot);
 * ``ostree_union_add_s``: baseline 2, ``ostree checkout --union-add`` of the target
   commit (the pending deployment's) onto another copy of the booted deployment, which
-  is what rpm-ostree's apply-live does.
+  is what rpm-ostree's apply-live does;
+* ``import_floor_s``: the interpreter lulayer runs on importing click, rpm, dnf and
+  libostree's gi bindings, and nothing else: what any Python tool on these bindings
+  pays before its first step (it bounds how close to the dnf baseline lulayer can get).
 
 The repository cache is warm: one untimed install on a throwaway clone per size fills
 its var/cache/lulayer, which is copied into each fresh clone before the timed command
@@ -58,20 +64,25 @@ DEFAULT_SIZES = (1000, 10000, 100000)
 DEFAULT_RUNS = 3
 PACKAGE = "htop"
 SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's python3-dnf is built for it
+IMPORT_FLOOR = "import click, dnf, rpm, gi; gi.require_version('OSTree', '1.0'); from gi.repository import OSTree"
 
 # Every measurement of a run, in table order: key, column heading, unit.
 MEASURES: tuple[tuple[str, str, str], ...] = (
     ("install_live_s", "install --live", "s"),
+    ("written_s", "next boot written", "s"),
     ("apply_live_s", "apply-live", "s"),
     ("install_s", "install (no --live)", "s"),
     ("dnf_s", "dnf baseline", "s"),
     ("ostree_union_add_s", "ostree union-add", "s"),
+    ("import_floor_s", "import floor", "s"),
     ("peak_rss_mb", "peak RSS e2e", "MiB"),
 )
 MEASURED_KEYS: tuple[str, ...] = tuple(k for k, _, _ in MEASURES)
-# Also recorded per run (JSON only): the peak RSS of the two phase commands.
-EXTRA_KEYS: tuple[str, ...] = ("install_rss_mb", "apply_live_rss_mb")
-RATIO_KEYS: tuple[str, ...] = ("install_live_vs_dnf", "apply_live_vs_ostree_union_add")
+# Also recorded per run (JSON only): the peak RSS of the two phase commands and of the
+# detached writer of the e2e run (its VmHWM, which it logs in run/lulayer/finalize.log).
+EXTRA_KEYS: tuple[str, ...] = ("install_rss_mb", "apply_live_rss_mb", "writer_rss_mb")
+RATIO_KEYS: tuple[str, ...] = ("install_live_vs_dnf", "written_vs_dnf", "import_floor_vs_dnf",
+                                "apply_live_vs_ostree_union_add")
 
 CACHE_METHOD = (
     "warm: var/cache/lulayer of an untimed warm-up `install htop --live` on a throwaway clone "
@@ -334,6 +345,11 @@ class SizeBench:
             _sync()
             e2e = timed(lulayer(a, "install", PACKAGE, "--live"))
             _check_installed(fb.booted_deployment(a), "install --live")
+            t0 = time.perf_counter()
+            fb.wait_unlocked(a)
+            written = e2e.seconds + time.perf_counter() - t0
+            writer_rss_kib = _writer_rss_kib(a)
+            _check_installed(fb.deployments(a)[0], "the staged deployment")
         finally:
             _remove(a)
 
@@ -360,12 +376,16 @@ class SizeBench:
             union = timed(["ostree", f"--repo={b / 'ostree' / 'repo'}", "checkout", "--union-add", target,
                            ostree_tree])
             _check_installed(ostree_tree, "ostree checkout --union-add")
+
+            floor = timed([sys.executable, "-c", IMPORT_FLOOR])
         finally:
             for path in (dnf_tree, ostree_tree, b):
                 if path is not None:
                     _remove(path)
         return {
             "install_live_s": e2e.seconds,
+            "written_s": written,
+            "import_floor_s": floor.seconds,
             "apply_live_s": apply.seconds,
             "install_s": install.seconds,
             "dnf_s": dnf.seconds,
@@ -373,7 +393,17 @@ class SizeBench:
             "peak_rss_mb": _mib(e2e.maxrss_kib),
             "install_rss_mb": _mib(install.maxrss_kib),
             "apply_live_rss_mb": _mib(apply.maxrss_kib),
+            "writer_rss_mb": _mib(writer_rss_kib),
         }
+
+
+def _writer_rss_kib(sysroot: Path) -> int:
+    """The detached writer's peak RSS, from the line it logs last (`peak RSS N kB`)."""
+    log = sysroot / "run" / "lulayer" / "finalize.log"
+    for line in reversed(log.read_text().splitlines()):
+        if line.startswith("peak RSS "):
+            return int(line.split()[2])
+    raise BenchError(f"{log} names no peak RSS:\n{log.read_text()}")
 
 
 # --------------------------------------------------------------------------- report
@@ -396,6 +426,8 @@ def summarize(results: Mapping[int, list[dict[str, float]]]) -> dict[str, Any]:
             "median": m,
             "ratios": {
                 "install_live_vs_dnf": _ratio(m["install_live_s"], m["dnf_s"]),
+                "written_vs_dnf": _ratio(m["written_s"], m["dnf_s"]),
+                "import_floor_vs_dnf": _ratio(m["import_floor_s"], m["dnf_s"]),
                 "apply_live_vs_ostree_union_add": _ratio(m["apply_live_s"], m["ostree_union_add_s"]),
             },
             "vs_smallest": {k: _ratio(m[k], medians[smallest][k]) for k in MEASURED_KEYS},
@@ -422,16 +454,20 @@ def targets(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
             "met": all(faster.values()),
             "detail": "; ".join(
                 f"{s}: {med[s]['install_live_s']:.3f}s vs dnf {med[s]['dnf_s']:.3f}s "
-                f"({'faster' if faster[s] else 'slower'}, {_ratio(med[s]['install_live_s'], med[s]['dnf_s']):.2f}x)"
+                f"({'faster' if faster[s] else 'slower'}, {_ratio(med[s]['install_live_s'], med[s]['dnf_s']):.2f}x; "
+                f"next boot written at {med[s]['written_s']:.3f}s; import floor {med[s]['import_floor_s']:.3f}s "
+                f"= {_ratio(med[s]['import_floor_s'], med[s]['dnf_s']):.2f}x dnf)"
                 for s in sizes
             ),
         },
     ]
     if TARGET_RSS_SIZE in med:
-        rss = med[TARGET_RSS_SIZE]["peak_rss_mb"]
+        rss = max(med[TARGET_RSS_SIZE]["peak_rss_mb"], med[TARGET_RSS_SIZE]["writer_rss_mb"])
         out.append({"target": f"peak RSS <= {TARGET_RSS_MB:.0f} MB at {TARGET_RSS_SIZE}",
                     "met": rss <= TARGET_RSS_MB,
-                    "detail": f"{rss:.1f} MiB (median peak RSS of install --live at {TARGET_RSS_SIZE})"})
+                    "detail": f"{rss:.1f} MiB (median peak RSS at {TARGET_RSS_SIZE}: install --live "
+                              f"{med[TARGET_RSS_SIZE]['peak_rss_mb']:.1f}, its detached writer "
+                              f"{med[TARGET_RSS_SIZE]['writer_rss_mb']:.1f})"})
     else:
         out.append({"target": f"peak RSS <= {TARGET_RSS_MB:.0f} MB at {TARGET_RSS_SIZE}", "met": None,
                     "detail": f"size {TARGET_RSS_SIZE} not measured; largest measured {large}: "
@@ -475,13 +511,13 @@ def format_report(report: Mapping[str, Any]) -> str:
         f"repository cache: {report['config']['cache']}",
         "",
     ]
-    heads = ["files", *(h for _, h, _ in MEASURES), "lulayer/dnf", "apply/union-add"]
+    heads = ["files", *(h for _, h, _ in MEASURES), "lulayer/dnf", "written/dnf", "floor/dnf", "apply/union-add"]
     rows = []
     for s in sizes:
         med = summary[str(s)]["median"]
         rat = summary[str(s)]["ratios"]
         rows.append([str(s), *(_fmt(k, med[k]) for k in MEASURED_KEYS),
-                     f"{rat['install_live_vs_dnf']:.2f}x", f"{rat['apply_live_vs_ostree_union_add']:.2f}x"])
+                     *(f"{rat[k]:.2f}x" for k in RATIO_KEYS)])
     lines += _table(heads, rows)
     lines += ["", f"each measurement at size / at the smallest size ({sizes[0]}):"]
     rows = [[str(s), *(f"{summary[str(s)]['vs_smallest'][k]:.2f}x" for k in MEASURED_KEYS)] for s in sizes]
@@ -558,7 +594,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = {
         "machine": info,
         "config": {"sizes": args.sizes, "runs": args.runs, "package": PACKAGE, "cache": CACHE_METHOD,
-                   "rss": "wait4 ru_maxrss of the lulayer process (max over it and the children it waited for)"},
+                   "rss": "wait4 ru_maxrss of the lulayer process (max over it and the children it waited for); "
+                          "the detached writer's own VmHWM as writer_rss_mb"},
         "results": summary,
         "targets": targets(summary),
         "elapsed_s": time.monotonic() - start,
