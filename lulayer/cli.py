@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -159,8 +159,11 @@ def _layer(ctx: Context, op: str, live: bool, allow_replacement: bool, **kwargs:
             try:
                 live_result = apply_live(sysroot, target, allow_replacement=allow_replacement,
                                          allow_removal=op == "uninstall", say=_say)
-            except BaseException:
-                finalize(sysroot)  # a refused or failed live apply still leaves the next boot's deployment
+            except Exception:
+                # A refused or failed live apply still leaves the next boot's deployment. Should that
+                # fail too, it is recorded (status shows it); the live apply's error is the one to report.
+                with suppress(LulayerError):
+                    finalize(sysroot)
                 raise
             _print_live(live_result)
         if result.staged is not None:
