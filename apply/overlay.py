@@ -13,13 +13,13 @@ import os
 import re
 import signal
 import tempfile
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 from lulayer.errors import LiveApplyError, LulayerError
+from lulayer.run import fork_child
 
 MNT_DETACH: Final = 2
 UMOUNT_NOFOLLOW: Final = 8
@@ -248,35 +248,31 @@ _PR_SET_NAME: Final = 15
 _PR_SET_PDEATHSIG: Final = 1
 
 
+def unshare_mount_namespace() -> None:
+    """Give this process a mount namespace of its own, with / private in it, so that
+    nothing mounted from now on propagates out."""
+    if _libc.unshare(CLONE_NEWNS) != 0:
+        raise LiveApplyError(f"cannot make a mount namespace: {os.strerror(ctypes.get_errno())}")
+    mount(None, Path("/"), None, MS_REC | MS_PRIVATE)
+
+
 def in_mount_namespace(name: str, work: Callable[[], None]) -> None:
-    """Run work in a forked child with a private mount namespace of its own.
+    """Run work in a forked child (run.fork_child) with a private mount namespace of its own.
 
     Its mounts vanish with it, even when it is killed, and it dies with us
     (PR_SET_PDEATHSIG). A fork, not a new interpreter: the child has every
     module already imported. Its output goes to a temporary file, the last
     line of which is the message of the LulayerError raised when it fails.
     """
+
+    def child() -> None:
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        _libc.prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+        unshare_mount_namespace()
+        work()
+
     with tempfile.TemporaryFile() as log:
-        pid = os.fork()
-        if pid == 0:  # the child: never returns
-            code = 1
-            try:
-                os.dup2(log.fileno(), 1)
-                os.dup2(log.fileno(), 2)
-                _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-                _libc.prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
-                if _libc.unshare(CLONE_NEWNS) != 0:
-                    raise LiveApplyError(f"cannot make a mount namespace: {os.strerror(ctypes.get_errno())}")
-                mount(None, Path("/"), None, MS_REC | MS_PRIVATE)
-                work()
-                code = 0
-            except LulayerError as e:
-                os.write(2, f"\nerror: {e}\n".encode())
-            except BaseException:  # the child reports; it must never unwind into the parent's code
-                os.write(2, ("\n" + traceback.format_exc()).encode())
-            finally:
-                os._exit(code)
-        _, status = os.waitpid(pid, 0)
+        _, status = os.waitpid(fork_child(child, log.fileno()), 0)
         if status == 0:
             return
         log.seek(0)

@@ -18,16 +18,15 @@ from __future__ import annotations
 import errno
 import json
 import os
+import resource
 import signal
-import subprocess
-import sys
-import traceback
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from lulayer.errors import LulayerError, SysrootError
+from lulayer.errors import CommandError, LulayerError, SysrootError
 from lulayer.faults import fault
 from lulayer.fsutil import opened_dir, suppress_errno, write_file_atomic
+from lulayer.run import fork_child, run
 from lulayer.sysroot import Deployment, Origin, Sysroot
 
 RECORD = "staged.json"
@@ -117,13 +116,6 @@ def being_written(sysroot: Sysroot) -> bool:
     return held_for(sysroot, WRITER)
 
 
-def _peak_rss_kib() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return 0
-
-
 def _single_threaded() -> bool:
     return len(os.listdir("/proc/self/task")) == 1
 
@@ -131,10 +123,9 @@ def _single_threaded() -> bool:
 def _arm_shutdown_hook() -> bool:
     """On a host: start the unit whose ExecStop= finishes the deployment at shutdown."""
     try:
-        proc = subprocess.run(["systemctl", "start", FINALIZE_UNIT], capture_output=True, check=False)
-    except FileNotFoundError:
+        return run(["systemctl", "start", FINALIZE_UNIT], check=False).returncode == 0
+    except CommandError:  # no systemctl
         return False
-    return proc.returncode == 0
 
 
 def finalize_detached(sysroot: Sysroot, log: Path) -> bool:
@@ -146,34 +137,23 @@ def finalize_detached(sysroot: Sysroot, log: Path) -> bool:
     """
     if not _single_threaded() or (not sysroot.folder and not _arm_shutdown_hook()):
         return False
-    sys.stdout.flush()
-    sys.stderr.flush()
-    if os.fork() != 0:
-        return True
-    code = 1
-    try:  # the child: never returns
-        os.setsid()
-        os.chdir("/")  # hold no mount busy
-        log.parent.mkdir(parents=True, exist_ok=True)
-        out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        os.dup2(null, 0)
-        os.dup2(out, 1)
-        os.dup2(out, 2)
+
+    def child() -> None:
         from lulayer.lock import inherited_lock
 
+        os.setsid()
+        os.chdir("/")  # hold no mount busy
         with inherited_lock(sysroot, WRITER):
             fault("staged-stop", signal.SIGSTOP)
             fault("staged-write")
             dep = finalize(sysroot)
-        print(f"wrote {dep.name if dep else 'nothing'}", flush=True)
-        print(f"peak RSS {_peak_rss_kib()} kB", flush=True)
-        code = 0
-    except LulayerError as e:
-        print(f"error: {e}", flush=True)
-    except BaseException:  # the child reports; it must never unwind into the parent's code
-        traceback.print_exc()
+        print(f"wrote {dep.name if dep else 'nothing'}")
+        print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss} kB")
+
+    log.parent.mkdir(parents=True, exist_ok=True)
+    out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        fork_child(child, out)
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        os.close(out)
+    return True

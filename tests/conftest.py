@@ -7,7 +7,6 @@ the host, whichever way pytest was started.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -19,25 +18,14 @@ TOP = Path(__file__).resolve().parent.parent
 if str(TOP) not in sys.path:
     sys.path.insert(0, str(TOP))
 
-CLONE_NEWNS = 0x00020000
-MS_REC = 0x4000
-MS_PRIVATE = 1 << 18
+from lulayer.apply.overlay import unshare_mount_namespace  # noqa: E402  (needs TOP on sys.path)
+
 IS_ROOT = os.geteuid() == 0
-
-
-def _enter_private_mount_namespace() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(CLONE_NEWNS) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"unshare(CLONE_NEWNS): {os.strerror(err)}")
-    if libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"making / private: {os.strerror(err)}")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     if IS_ROOT and not os.environ.get("LULAYER_TEST_NAMESPACE"):
-        _enter_private_mount_namespace()
+        unshare_mount_namespace()
         # Children (lulayer subprocesses) inherit it; mark it so nobody unshares twice.
         os.environ["LULAYER_TEST_NAMESPACE"] = str(os.getpid())
 
