@@ -51,6 +51,11 @@ def describe(proc: subprocess.CompletedProcess[str]) -> str:
     return f"$ {args}\nexit {proc.returncode}\n--- stdout\n{proc.stdout}--- stderr\n{proc.stderr}"
 
 
+def cli_argv(sysroot: Path, *args: str) -> list[str]:
+    """The command line of `lulayer --sysroot SYSROOT ARGS...`, run from this checkout's interpreter."""
+    return [sys.executable, "-m", "lulayer", "--sysroot", str(sysroot), *args]
+
+
 def lulayer(sysroot: Path, *args: str, check: bool = True, env: Mapping[str, str] | None = None,
             settle: bool = True) -> subprocess.CompletedProcess[str]:
     """Run `lulayer --sysroot SYSROOT ARGS...` (the real CLI, as a subprocess).
@@ -59,7 +64,7 @@ def lulayer(sysroot: Path, *args: str, check: bool = True, env: Mapping[str, str
     written (lulayer's staged.py): with settle, this waits for that too, so that the
     caller sees the sysroot at rest (tests/test_staged.py looks before).
     """
-    proc = run([sys.executable, "-m", "lulayer", "--sysroot", str(sysroot), *args], check=check, env=env)
+    proc = run(cli_argv(sysroot, *args), check=check, env=env)
     if settle and LIVE_FLAGS.intersection(args):
         wait_unlocked(sysroot)
     return proc
@@ -126,7 +131,7 @@ def origin_of(deployment: Path) -> str:
 
 def staged_record(sysroot: Path) -> dict[str, object] | None:
     """What lulayer recorded to deploy for the next boot and has not written yet."""
-    record = Path(sysroot) / "ostree" / "lulayer" / "staged.json"
+    record = Path(sysroot) / fixture_build.STAGED_RECORD
     return json.loads(record.read_text()) if record.exists() else None  # type: ignore[no-any-return]
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from fixtures import build as fixtures_build
-from tests.helpers import tree_snapshot
+from tests.helpers import cli_argv, tree_snapshot
 
 TOP = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.root
@@ -33,7 +32,7 @@ UNTRACKED = ("deploy/fedora/var/cache", "repo/tmp")
 
 
 def cli(sysroot: Path, *args: str, prefix: Sequence[str] = (), debug: bool = False) -> subprocess.CompletedProcess[str]:
-    argv = [*prefix, sys.executable, "-m", "lulayer", "--sysroot", str(sysroot), *(["--debug"] if debug else []), *args]
+    argv = [*prefix, *cli_argv(sysroot, *(["--debug"] if debug else []), *args)]
     return subprocess.run(argv, capture_output=True, text=True, cwd=TOP, timeout=300,
                           env=dict(os.environ, LC_ALL="C.UTF-8"))
 

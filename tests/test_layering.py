@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from fixtures import build as fixtures_build
-from tests.helpers import origin_of, tree_snapshot
+from tests.helpers import cli_argv, origin_of, tree_snapshot
 
 TOP = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.root
@@ -35,8 +34,7 @@ COMPOSE_WORKER = "lulayer-compose"  # the forked compose child's name (/proc/PID
 def lulayer(sysroot: Path, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """Run the real CLI on SYSROOT; with check, fail the test (showing its output) on non-zero."""
     proc = subprocess.run(
-        [sys.executable, "-m", "lulayer", "--sysroot", str(sysroot), *args],
-        capture_output=True, text=True, cwd=TOP, timeout=timeout,
+        cli_argv(sysroot, *args), capture_output=True, text=True, cwd=TOP, timeout=timeout,
         env=dict(os.environ, LC_ALL="C.UTF-8"),
     )
     if check:
@@ -72,7 +70,6 @@ def rpm_query(root: Path, *names: str) -> subprocess.CompletedProcess[str]:
     whose bytes a test compares)."""
     return subprocess.run(["rpm", "--root", str(root), "--dbpath", "/usr/share/rpm", "-q", *names],
                           capture_output=True, text=True)
-
 
 
 def status_json(sysroot: Path) -> list[dict[str, object]]:
@@ -342,7 +339,7 @@ def _wait_for(predicate: Callable[[], bool], timeout: float = 60, what: str = "c
 
 
 def test_two_installs_at_once_serialize_on_the_lock(sysroot: Path, tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "lulayer", "--sysroot", str(sysroot), "install"]
+    cmd = cli_argv(sysroot, "install")
     owner = sysroot / "run/lulayer/lock.owner"
     a_err, b_err = tmp_path / "a.err", tmp_path / "b.err"
     with open(a_err, "w") as ae, open(b_err, "w") as be:
@@ -401,7 +398,7 @@ def _session_procs(sid: int) -> list[tuple[int, str]]:
 def test_sigkill_during_compose_leaves_no_deployment_and_next_run_cleans_up(sysroot: Path) -> None:
     before = deployments(sysroot)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lulayer", "--sysroot", str(sysroot), "install", "manyfiles"],
+        cli_argv(sysroot, "install", "manyfiles"),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, cwd=TOP,
     )
     try:

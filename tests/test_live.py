@@ -44,7 +44,6 @@ from tests.helpers import (
 pytestmark = pytest.mark.root
 
 
-
 def assert_usr_is_commit(sysroot: Path, live: Path, commit: str, scratch: Path) -> None:
     """The live /usr holds exactly COMMIT's /usr: same paths, types, modes, owners, contents."""
     expected = tree_entries(checkout_subpath(sysroot, commit, "/usr", scratch), ignore_names=RPMDB_RUNTIME_FILES)

@@ -20,7 +20,6 @@ import shutil
 import signal
 import struct
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -42,6 +41,7 @@ from tests.helpers import (
     booted,
     build_spec_dir,
     checkout_subpath,
+    cli_argv,
     commit_of,
     describe,
     fstype_at,
@@ -76,10 +76,6 @@ def seed_for(name: str) -> int:
 
 
 # --------------------------------------------------------------------------- shared checks
-
-
-def cli_argv(sysroot: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "lulayer", "--sysroot", str(sysroot), *args]
 
 
 def live_state(sysroot: Path) -> dict[str, object] | None:

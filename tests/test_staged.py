@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +25,7 @@ from tests.helpers import (
     WITH_HTOP,
     booted,
     chroot,
+    cli_argv,
     commit_of,
     describe,
     lulayer,
@@ -110,7 +110,7 @@ def test_install_live_returns_with_htop_live_while_the_deployment_is_being_writt
 def test_a_command_meanwhile_waits_for_the_writer_then_builds_on_its_deployment(
         sysroot: Path, stopped_writer: int) -> None:
     second = subprocess.Popen(
-        [*lulayer_argv(sysroot), "install", "hello-config"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cli_argv(sysroot, "install", "hello-config"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(1)
     assert second.poll() is None, "the second command should wait for the sysroot lock"
     os.kill(stopped_writer, signal.SIGCONT)
@@ -121,10 +121,6 @@ def test_a_command_meanwhile_waits_for_the_writer_then_builds_on_its_deployment(
     assert "requested=hello-config;htop;" in origin_of(pending(sysroot))
     assert len(deployments(sysroot)) == 2  # the writer's deployment was replaced by the second one's
     ostree_fsck(sysroot)
-
-
-def lulayer_argv(sysroot: Path) -> list[str]:
-    return [sys.executable, "-m", "lulayer", "--sysroot", str(sysroot)]
 
 
 def test_killed_writer_leaves_the_deployment_staged_and_status_says_so(sysroot: Path) -> None:
