@@ -76,13 +76,6 @@ class TreeDiff:
             "changed_dirs": len(self.changed_dirs),
         }
 
-    def summary(self) -> str:
-        return (
-            f"files: {len(self.added_files)} added, {len(self.changed_files)} changed, "
-            f"{len(self.removed_files)} removed; dirs: {len(self.added_dirs)} added, "
-            f"{len(self.changed_dirs)} changed, {len(self.removed_dirs)} removed"
-        )
-
     def _select(self, keep: Callable[[str], bool]) -> TreeDiff:
         return TreeDiff(
             added_dirs=tuple(e for e in self.added_dirs if keep(e.path)),

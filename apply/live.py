@@ -30,10 +30,19 @@ from gi.repository import Gio, GLib
 
 from lulayer.apply import state as live_state
 from lulayer.apply.diff import DirEntry, FileEntry, TreeDiff, diff_commits, read_dir_meta, read_file_object
-from lulayer.apply.overlay import (
-    MS_BIND,
-    MS_RDONLY,
-    MS_REMOUNT,
+from lulayer.errors import LiveApplyError
+from lulayer.faults import fault
+from lulayer.fsutil import (
+    TEMP_NAME_RE,
+    open_dir,
+    opened_dir,
+    remove_tree_at,
+    suppress_errno,
+    temp_name,
+    write_file_atomic,
+)
+from lulayer.linux import MS_BIND, MS_RDONLY, MS_REMOUNT, RENAME_EXCHANGE, renameat2
+from lulayer.mounts import (
     MountInfo,
     is_overlay_with_redirect_dir,
     mount,
@@ -42,21 +51,8 @@ from lulayer.apply.overlay import (
     overlay_dirs,
     unmount,
 )
-from lulayer.errors import LiveApplyError
-from lulayer.faults import fault
-from lulayer.fsutil import (
-    RENAME_EXCHANGE,
-    TEMP_NAME_RE,
-    open_dir,
-    opened_dir,
-    remove_tree_at,
-    renameat2,
-    suppress_errno,
-    temp_name,
-    write_file_atomic,
-)
-from lulayer.layering.layer import PackageChanges
 from lulayer.rpmdb.db import commit_packages, tree_dbpath
+from lulayer.rpmdb.model import PackageChanges
 from lulayer.run import run
 from lulayer.sysroot import Deployment, Sysroot
 
@@ -89,10 +85,6 @@ def live_root(sysroot: Sysroot, booted: Deployment) -> Path:
     return booted.path if sysroot.folder else Path("/")
 
 
-def backing_dir(sysroot: Sysroot, booted: Deployment) -> Path:
-    return sysroot.path / "ostree" / "deploy" / booted.osname / "backing" / booted.name / "lulayer-live"
-
-
 def _drop_backing(back: Path) -> None:
     """Remove the backing folder of an old upper layer; only empty it when it is a mount
     point (a file system of its own for the upper layer)."""
@@ -116,7 +108,7 @@ def writable_usr(sysroot: Sysroot, booted: Deployment) -> Iterator[tuple[Path, b
     usr = live_root(sysroot, booted) / "usr"
     info = mount_at(usr)
     if info is None or info.fstype != "overlay":
-        back = backing_dir(sysroot, booted)
+        back = sysroot.backing_dir(booted)
         _drop_backing(back)  # an upper layer from an earlier boot: /usr is pristine again
         (back / "upper").mkdir(parents=True)
         (back / "work").mkdir()
@@ -135,7 +127,7 @@ def writable_usr(sysroot: Sysroot, booted: Deployment) -> Iterator[tuple[Path, b
 
 
 def _is_ours(sysroot: Sysroot, booted: Deployment, info: MountInfo) -> bool:
-    return info.fstype == "overlay" and overlay_dirs(info).upper == backing_dir(sysroot, booted) / "upper"
+    return info.fstype == "overlay" and overlay_dirs(info).upper == sysroot.backing_dir(booted) / "upper"
 
 
 class _Tree:
@@ -365,7 +357,7 @@ def _add_etc(sysroot: Sysroot, root: Path, applier: _Applier, diff: TreeDiff) ->
     return tuple(added)
 
 
-def _systemd(sysroot: Sysroot, diff: TreeDiff, say: Callable[[str], None]) -> tuple[str, ...]:
+def _systemd(sysroot: Sysroot, diff: TreeDiff) -> tuple[str, ...]:
     touched = sorted({PurePosixPath(p).name for p in diff.paths() if p.startswith(_UNIT_DIRS)})
     if sysroot.folder or not touched:
         return tuple(touched)
@@ -377,7 +369,7 @@ def _systemd(sysroot: Sysroot, diff: TreeDiff, say: Callable[[str], None]) -> tu
     return tuple(touched)
 
 
-def reset(sysroot: Sysroot, say: Callable[[str], None]) -> LiveResult:
+def reset(sysroot: Sysroot) -> LiveResult:
     """Return the live /usr to the booted commit: drop the overlay and its upper layer."""
     booted = sysroot.booted()
     st = live_state.read_state(sysroot, booted)
@@ -400,13 +392,13 @@ def reset(sysroot: Sysroot, say: Callable[[str], None]) -> LiveResult:
         # Lazily: processes running from the live /usr keep their files.
         unmount(usr, lazy=True)
     fault("reset-unmounted")
-    _drop_backing(backing_dir(sysroot, booted))
+    _drop_backing(sysroot.backing_dir(booted))
     live_state.clear_state(sysroot, booted)
     return LiveResult(source=source, target=booted.checksum, changes=changes, resumed=st.inprogress is not None)
 
 
-def apply_live(sysroot: Sysroot, target: str, *, allow_replacement: bool = False, allow_removal: bool = False,
-               say: Callable[[str], None] = lambda _m: None) -> LiveResult:
+def apply_live(sysroot: Sysroot, target: str, *, allow_replacement: bool = False,
+               allow_removal: bool = False) -> LiveResult:
     """Make the live /usr the target commit's; see the module docstring for the steps."""
     booted = sysroot.booted()
     st = live_state.read_state(sysroot, booted)
@@ -480,7 +472,7 @@ def apply_live(sysroot: Sysroot, target: str, *, allow_replacement: bool = False
     return LiveResult(
         source=source, target=target, changes=changes,
         added=len(files.added_files), changed=len(files.changed_files), removed=len(files.removed_files),
-        rpmdb=rpmdb, etc_added=etc_added, units=_systemd(sysroot, diff, say), resumed=resumed, notes=notes,
+        rpmdb=rpmdb, etc_added=etc_added, units=_systemd(sysroot, diff), resumed=resumed, notes=notes,
     )
 
 
@@ -494,6 +486,6 @@ def finish_interrupted(sysroot: Sysroot, say: Callable[[str], None]) -> LiveResu
     if st.inprogress == booted.checksum:
         # Back to the booted commit (a reset, or an update to it): dropping the overlay is that.
         say("Finishing the interrupted return of the live /usr to the booted commit")
-        return reset(sysroot, say)
+        return reset(sysroot)
     say(f"Finishing the interrupted live update to {st.inprogress[:12]}")
-    return apply_live(sysroot, st.inprogress, allow_replacement=True, allow_removal=True, say=say)
+    return apply_live(sysroot, st.inprogress, allow_replacement=True, allow_removal=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from pathlib import Path
 
 from gi.repository import GLib
 
@@ -24,11 +26,17 @@ def _remove_children(parent: str, keep: set[str]) -> list[str]:
         return gone
 
 
-def cleanup(sysroot: Sysroot, *, pending: bool, rollback: bool, repomd: bool) -> list[str]:
-    said: list[str] = []
+@dataclass(frozen=True)
+class CleanupResult:
+    dropped_staged: str | None = None  # the commit of a staged deployment dropped before it was written
+    removed_deployments: tuple[str, ...] = ()  # CHECKSUM.SERIAL
+    removed_cache: Path | None = None  # the repository cache, when it held anything
+    removed_base_checkouts: tuple[str, ...] = ()  # base commits no deployment needs any more
+
+
+def cleanup(sysroot: Sysroot, *, pending: bool, rollback: bool, repomd: bool) -> CleanupResult:
+    dropped = drop_staged(sysroot) if pending else None
     doomed = []
-    if pending and (staged := drop_staged(sysroot)) is not None:
-        said.append(f"Dropped the staged deployment of {staged.commit[:12]} (not yet written)")
     if pending and (p := sysroot.pending()) is not None:
         doomed.append(p)
     if rollback:
@@ -39,18 +47,18 @@ def cleanup(sysroot: Sysroot, *, pending: bool, rollback: bool, repomd: bool) ->
             seen = seen or d.booted
     if doomed:
         remove(sysroot, doomed)
-        said += [f"Removed deployment {d.name}" for d in doomed]
-    if repomd:
-        cache = sysroot.var_dir(sysroot.booted().osname) / "cache" / "lulayer"
-        if _remove_children(str(cache), set()):
-            said.append(f"Removed cached metadata and packages in {cache}")
+    cache = sysroot.cache_dir
+    removed_cache = cache if repomd and _remove_children(str(cache), set()) else None
     bases = {base_commit_of(sysroot.repo, d.checksum) for d in sysroot.deployments()}
-    for name in _remove_children(str(sysroot.path / "ostree" / "lulayer" / "base"), bases):
-        said.append(f"Removed base checkout {name[:12]}")
+    removed_bases = _remove_children(str(sysroot.base_checkouts), bases)
     try:
         # Deployment folders no longer listed, old boot folders, unreferenced objects.
         sysroot.ostree.cleanup(None)
     except GLib.Error as e:
         raise SysrootError(f"cleaning up the sysroot failed: {e.message}") from e
-    said.append("Pruned unreferenced repository objects")
-    return said
+    return CleanupResult(
+        dropped_staged=dropped.commit if dropped else None,
+        removed_deployments=tuple(d.name for d in doomed),
+        removed_cache=removed_cache,
+        removed_base_checkouts=tuple(removed_bases),
+    )

@@ -26,11 +26,13 @@ import gi
 gi.require_version("OSTree", "1.0")
 from gi.repository import Gio, GLib, OSTree  # noqa: E402
 
-from lulayer.apply.overlay import MS_BIND, in_mount_namespace, mount, mount_overlay  # noqa: E402
 from lulayer.errors import ComposeError, LulayerError  # noqa: E402
 from lulayer.fsutil import opened_dir, remove_path, remove_tree_at  # noqa: E402
-from lulayer.rpmdb.db import Package  # noqa: E402
+from lulayer.linux import MS_BIND  # noqa: E402
+from lulayer.mounts import mount, mount_overlay  # noqa: E402
+from lulayer.rpmdb.model import Package  # noqa: E402
 from lulayer.rpmdb.transaction import install_rpms, make_readonly_safe  # noqa: E402
+from lulayer.run import run_in_child  # noqa: E402
 
 SCRATCH_PREFIX = "lulayer-compose-"
 # What an image commit never carries from a package's payload: /var is the
@@ -52,13 +54,8 @@ class ComposeRequest:
     requested: tuple[str, ...]
 
 
-def scratch_root(repo_path: Path) -> Path:
-    return repo_path / "tmp"
-
-
-def clean_stale_scratch(repo_path: Path) -> None:
-    """Remove what a killed compose left (the caller holds the sysroot lock)."""
-    tmp = scratch_root(repo_path)
+def clean_stale_scratch(tmp: Path) -> None:
+    """Remove what a killed compose left in tmp (the caller holds the sysroot lock)."""
     if not tmp.is_dir():
         return
     with opened_dir(tmp) as fd:
@@ -67,17 +64,18 @@ def clean_stale_scratch(repo_path: Path) -> None:
                 remove_tree_at(fd, name)
 
 
-def compose(repo: OSTree.Repo, repo_path: Path, req: ComposeRequest) -> str:
-    """Install req.rpms onto the base commit; return the new commit's checksum."""
-    scratch = scratch_root(repo_path) / f"{SCRATCH_PREFIX}{uuid.uuid4().hex[:12]}"
+def compose(repo: OSTree.Repo, scratch_dir: Path, req: ComposeRequest) -> str:
+    """Install req.rpms onto the base commit, working in scratch_dir (on the repository's
+    file system); return the new commit's checksum."""
+    scratch = scratch_dir / f"{SCRATCH_PREFIX}{uuid.uuid4().hex[:12]}"
     dirs = {k: scratch / k for k in ("upper-root", "work-root", "upper-etc", "work-etc", "merged")}
     for d in dirs.values():
         d.mkdir(parents=True)
     try:
         try:
-            in_mount_namespace("lulayer-compose", lambda: _transaction(req, dirs))
+            run_in_child("lulayer-compose", lambda: _transaction(req, dirs), new_mount_namespace=True)
         except LulayerError as e:
-            raise ComposeError(f"composing the new tree failed: {e.message}") from e
+            raise ComposeError(f"composing the new tree failed: {e.message}", hint=e.hint) from e
         return _commit_upper(repo, req, dirs["upper-root"], dirs["upper-etc"])
     finally:
         remove_path(scratch)

@@ -15,7 +15,7 @@ import rpm
 from lulayer.errors import ResolveError
 from lulayer.layering.resolver import Backend, Progress, Resolution, ResolvedPackage, ResolveRequest
 from lulayer.layering.verify import verify_downloads
-from lulayer.rpmdb.db import Package
+from lulayer.rpmdb.model import Package
 
 
 def _package(p: Any) -> Package:

@@ -9,9 +9,8 @@ version they have unless the operation is an upgrade.
 from __future__ import annotations
 
 import os
-import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from gi.repository import GLib, OSTree
@@ -30,31 +29,11 @@ from lulayer.layering.resolver import (
 )
 from lulayer.layering.staged import StagedDeployment
 from lulayer.layering.staged import write as write_staged
-from lulayer.rpmdb.db import Package, commit_packages, read_packages, snapshot, tree_dbpath
+from lulayer.rpmdb.db import commit_packages, read_packages, snapshot, tree_dbpath
+from lulayer.rpmdb.model import Package, PackageChanges
 from lulayer.sysroot import Deployment, Origin, Sysroot, commit_metadata, resolve_ref
 
 AT_FDCWD = -100
-
-
-@dataclass(frozen=True)
-class PackageChanges:
-    added: tuple[Package, ...] = ()
-    removed: tuple[Package, ...] = ()
-    upgraded: tuple[tuple[Package, Package], ...] = ()
-
-    @classmethod
-    def between(cls, old: Sequence[Package], new: Sequence[Package]) -> PackageChanges:
-        old_by = {p.name: p for p in old}
-        new_by = {p.name: p for p in new}
-        return cls(
-            added=tuple(sorted(p for n, p in new_by.items() if n not in old_by)),
-            removed=tuple(sorted(p for n, p in old_by.items() if n not in new_by)),
-            upgraded=tuple(sorted((old_by[n], p) for n, p in new_by.items() if n in old_by and old_by[n] != p)),
-        )
-
-    @property
-    def empty(self) -> bool:
-        return not (self.added or self.removed or self.upgraded)
 
 
 @dataclass(frozen=True)
@@ -64,7 +43,7 @@ class LayerResult:
     deployment: Deployment | None = None  # the new pending deployment
     dry_run: bool = False
     message: str | None = None  # why nothing was done, when nothing was
-    commit: str | None = field(default=None)
+    commit: str | None = None
     staged: StagedDeployment | None = None  # recorded for the next boot, not yet written
 
 
@@ -91,7 +70,7 @@ def base_checkout(sysroot: Sysroot, base_commit: str) -> Path:
         # A deployment with a mount on its /usr (a live overlay) no longer shows the commit there.
         if d.checksum == base_commit and not os.path.ismount(d.path / "usr"):
             return d.path
-    cache = sysroot.path / "ostree" / "lulayer" / "base"
+    cache = sysroot.base_checkouts
     dest = cache / base_commit
     if dest.is_dir():
         return dest
@@ -132,16 +111,10 @@ def layered_packages(sysroot: Sysroot, commit: str, dbpath: PurePosixPath) -> tu
 class Layering:
     """The layering operations on one locked sysroot."""
 
-    def __init__(self, sysroot: Sysroot, resolver: Resolver | None = None,
-                 progress: Progress | None = None, say: Callable[[str], None] | None = None) -> None:
+    def __init__(self, sysroot: Sysroot, resolver: Resolver | None = None, progress: Progress | None = None) -> None:
         self.sysroot = sysroot
         self.resolver = resolver or make_resolver()
         self.progress = progress
-        self.say = say or (lambda msg: print(msg, file=sys.stderr))
-
-    @property
-    def cache_dir(self) -> Path:
-        return self.sysroot.var_dir(self.sysroot.booted().osname) / "cache" / "lulayer"
 
     def install(self, names: Sequence[str], *, dry_run: bool = False, idempotent: bool = False,
                 stage: bool = False) -> LayerResult:
@@ -185,7 +158,7 @@ class Layering:
     def _layer(self, merge: Deployment, requested: set[str], *, dry_run: bool, upgrade: bool,
                stage: bool) -> LayerResult:
         sysroot, repo = self.sysroot, self.sysroot.repo
-        composer.clean_stale_scratch(sysroot.path / "ostree" / "repo")
+        composer.clean_stale_scratch(sysroot.compose_scratch)
         base = base_commit_of(repo, merge.checksum)
         if upgrade:
             base = resolve_ref(repo, merge.origin.refspec) or base
@@ -210,7 +183,7 @@ class Layering:
             base_pkgs = read_packages(installed_root, dbpath)
             resolution = self.resolver.resolve(ResolveRequest(
                 installed_root=installed_root, dbpath=dbpath, repos=repos,
-                cache_dir=self.cache_dir, releasever=releasever, install=specs,
+                cache_dir=sysroot.cache_dir, releasever=releasever, install=specs,
             ))
             new_pkgs = tuple(sorted((*base_pkgs, *(r.package for r in resolution.install))))
             changes = PackageChanges.between(old_pkgs, new_pkgs)
@@ -221,7 +194,7 @@ class Layering:
             rpms = self.resolver.download(resolution, self.progress)
         if not resolution.install:
             raise ResolveError("the resolver selected no package", hint="check the requested names")
-        commit = composer.compose(repo, sysroot.path / "ostree" / "repo", composer.ComposeRequest(
+        commit = composer.compose(repo, sysroot.compose_scratch, composer.ComposeRequest(
             base_commit=base, base_root=base_root, dbpath=dbpath, rpms=rpms,
             packages=tuple(r.package for r in resolution.install), requested=req_sorted,
         ))

@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 from typing import Protocol
 
 from lulayer.errors import ResolveError
-from lulayer.rpmdb.db import Package
+from lulayer.rpmdb.model import Package
 
 
 class Backend(StrEnum):

@@ -21,7 +21,6 @@ import os
 import resource
 import signal
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 
 from lulayer.errors import CommandError, LulayerError, SysrootError
 from lulayer.faults import fault
@@ -29,7 +28,6 @@ from lulayer.fsutil import opened_dir, suppress_errno, write_file_atomic
 from lulayer.run import fork_child, run
 from lulayer.sysroot import Deployment, Origin, Sysroot
 
-RECORD = "staged.json"
 WRITER = "writing the staged deployment for the next boot"  # the detached child, as lock holder
 # On a host the shutdown hook: its ExecStop= finishes a staged deployment before the reboot.
 FINALIZE_UNIT = "lulayer-finalize.service"
@@ -49,31 +47,28 @@ class StagedDeployment:
         return cls(commit, data, merge.name, origin.requested)
 
 
-def _dir(sysroot: Sysroot) -> Path:
-    return sysroot.path / "ostree" / "lulayer"
-
-
 def read(sysroot: Sysroot) -> StagedDeployment | None:
     try:
-        raw = json.loads((_dir(sysroot) / RECORD).read_text())
+        raw = json.loads(sysroot.staged_record.read_text())
         return StagedDeployment(raw["commit"], raw["origin"], raw["merge"], tuple(raw["requested"]), raw.get("error"))
     except FileNotFoundError:
         return None
     except (ValueError, KeyError, TypeError) as e:
-        raise SysrootError(f"{_dir(sysroot) / RECORD} is corrupt ({e})",
+        raise SysrootError(f"{sysroot.staged_record} is corrupt ({e})",
                            hint="remove it and run the install again") from e
 
 
 def write(sysroot: Sysroot, staged: StagedDeployment) -> None:
-    d = _dir(sysroot)
-    d.mkdir(parents=True, exist_ok=True)
-    with opened_dir(d) as fd:
-        write_file_atomic(fd, RECORD, json.dumps(asdict(staged), indent=1).encode() + b"\n")
+    record = sysroot.staged_record
+    record.parent.mkdir(parents=True, exist_ok=True)
+    with opened_dir(record.parent) as fd:
+        write_file_atomic(fd, record.name, json.dumps(asdict(staged), indent=1).encode() + b"\n")
 
 
 def clear(sysroot: Sysroot) -> None:
-    with opened_dir(_dir(sysroot)) as fd, suppress_errno(errno.ENOENT):
-        os.unlink(RECORD, dir_fd=fd)
+    record = sysroot.staged_record
+    with opened_dir(record.parent) as fd, suppress_errno(errno.ENOENT):
+        os.unlink(record.name, dir_fd=fd)
         os.fsync(fd)
 
 
@@ -128,15 +123,16 @@ def _arm_shutdown_hook() -> bool:
         return False
 
 
-def finalize_detached(sysroot: Sysroot, log: Path) -> bool:
-    """Hand the staged deployment to a detached child; True in the parent, which must
-    then leave with os._exit (a normal exit would release the lock the child holds now).
+def can_detach(sysroot: Sysroot) -> bool:
+    """Whether the staged deployment can be left to a detached child: not from a threaded
+    process (a fork copies one thread), and on a host only with the shutdown hook armed."""
+    return _single_threaded() and (sysroot.folder or _arm_shutdown_hook())
 
-    False when it cannot be detached safely (a threaded process, or a host without the
-    shutdown hook): the caller writes it itself.
-    """
-    if not _single_threaded() or (not sysroot.folder and not _arm_shutdown_hook()):
-        return False
+
+def write_detached(sysroot: Sysroot) -> None:
+    """Fork the child that writes the staged deployment, holding the sysroot lock it
+    inherits; it logs to sysroot.finalize_log. The caller must then leave with os._exit:
+    a normal exit would release the lock the child holds now."""
 
     def child() -> None:
         from lulayer.lock import inherited_lock
@@ -150,10 +146,10 @@ def finalize_detached(sysroot: Sysroot, log: Path) -> bool:
         print(f"wrote {dep.name if dep else 'nothing'}")
         print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss} kB")
 
+    log = sysroot.finalize_log
     log.parent.mkdir(parents=True, exist_ok=True)
     out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
         fork_child(child, out)
     finally:
         os.close(out)
-    return True

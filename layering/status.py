@@ -6,10 +6,11 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from lulayer.apply.state import read_state
-from lulayer.layering.layer import PackageChanges, base_commit_of, layered_packages
+from lulayer.layering.layer import base_commit_of, layered_packages
 from lulayer.layering.staged import StagedDeployment, being_written
 from lulayer.layering.staged import read as read_staged
-from lulayer.rpmdb.db import Package, commit_packages, tree_dbpath
+from lulayer.rpmdb.db import commit_packages, tree_dbpath
+from lulayer.rpmdb.model import Package, PackageChanges
 from lulayer.sysroot import Deployment, Origin, Sysroot, commit_metadata
 
 

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from lulayer import __version__
 from lulayer.errors import LulayerError
+
+if TYPE_CHECKING:  # the core is imported when a command runs, not for --help
+    from lulayer.apply.live import LiveResult
+    from lulayer.layering.layer import LayerResult
+    from lulayer.layering.status import LiveStatus, StagedStatus, Status
+    from lulayer.layering.transaction import LayerOutcome, Recovery, Transaction
 
 
 @dataclass
@@ -30,51 +35,34 @@ def _die(e: LulayerError) -> NoReturn:
     sys.exit(e.exit_code)
 
 
-def _say(msg: str) -> None:
-    click.echo(msg, err=True)
+class _TerminalReporter:
+    """The core's reports (transaction.Reporter), as lines on stderr and a progress line on a terminal."""
 
+    def __init__(self) -> None:
+        self._tty = sys.stderr.isatty()
 
-def _progress() -> Callable[[str, int, int], None] | None:
-    if not sys.stderr.isatty():
-        return None
+    def say(self, message: str) -> None:
+        click.echo(message, err=True)
 
-    def show(label: str, done: int, total: int) -> None:
+    def progress(self, label: str, done: int, total: int) -> None:
+        if not self._tty:
+            return
         pct = f"{100 * done // total:3d}%" if total else "   "
         end = "\n" if total and done >= total else ""
         sys.stderr.write(f"\r  {label[:50]:50} {pct}{end}")
         sys.stderr.flush()
 
-    return show
+    def recovered(self, recovery: Recovery) -> None:
+        if recovery.live is not None:
+            _print_live(recovery.live)
+        if recovery.staged is not None:
+            self.say(f"Wrote the deployment staged for the next boot: {recovery.staged.name}")
 
 
-@contextmanager
-def _locked(ctx: Context, *, write: bool = True, finish_live: bool = True,
-            finish_staged: bool = True) -> Iterator[Any]:
-    """The sysroot, locked for writing; a live update or a staged deployment that a killed
-    run left is finished first."""
-    from lulayer.lock import sysroot_lock
-    from lulayer.sysroot import Sysroot, require_root
+def _transaction(ctx: Context) -> AbstractContextManager[Transaction]:
+    from lulayer.layering.transaction import Transaction
 
-    if write:
-        require_root()
-    sysroot = Sysroot(ctx.sysroot_path)
-    if not write:
-        yield sysroot
-        return
-    with sysroot_lock(sysroot, on_wait=_say):
-        if finish_live:
-            from lulayer.apply.live import finish_interrupted
-
-            done = finish_interrupted(sysroot, _say)
-            if done is not None:
-                _print_live(done)
-        if finish_staged:
-            from lulayer.layering.staged import finalize
-
-            dep = finalize(sysroot)
-            if dep is not None:
-                _say(f"Wrote the deployment staged for the next boot: {dep.name}")
-        yield sysroot
+    return Transaction.begin(ctx.sysroot_path, _TerminalReporter())
 
 
 class _Group(click.Group):
@@ -99,7 +87,7 @@ def cli(ctx: click.Context, sysroot: Path | None, debug: bool) -> None:
     ctx.obj = Context(sysroot_path=sysroot, debug=debug)
 
 
-def _print_changes(result: Any, where: str) -> None:
+def _print_changes(result: LayerResult, where: str) -> None:
     ch = result.changes
     for p in ch.added:
         click.echo(f"  Added: {p.nevra}")
@@ -117,7 +105,7 @@ def _print_changes(result: Any, where: str) -> None:
         click.echo(f"Changes queued for the {where}. Run `systemctl reboot` to start using them.")
 
 
-def _print_live(r: Any) -> None:
+def _print_live(r: LiveResult) -> None:
     if r.noop:
         click.echo("Live: nothing to apply; the live /usr already is the target.")
         return
@@ -137,47 +125,21 @@ def _print_live(r: Any) -> None:
         click.echo("Units changed (restart the services that use them): " + " ".join(r.units))
 
 
-def _live_options(f: Callable[..., Any]) -> Callable[..., Any]:
+def _print_outcome(outcome: LayerOutcome) -> None:
+    from lulayer.layering.transaction import NextBoot
+
+    _print_changes(outcome.layer, "next boot")
+    if outcome.live is not None:
+        _print_live(outcome.live)
+    if outcome.next_boot is NextBoot.BEING_WRITTEN:
+        click.echo("The next boot's deployment is being written in the background; a reboot waits for it.")
+
+
+def _live_options(f: Callable[..., None]) -> Callable[..., None]:
     f = click.option("--allow-replacement", is_flag=True,
                      help="With --live: allow replacing or removing existing files and packages.")(f)
     return click.option("-A", "--live", "--apply-live", "live", is_flag=True,
                         help="Also apply the change to the running system, without a reboot.")(f)
-
-
-def _layer(ctx: Context, op: str, live: bool, allow_replacement: bool, **kwargs: Any) -> None:
-    from lulayer.layering.layer import Layering
-
-    with _locked(ctx) as sysroot:
-        # With --live the next boot's deployment is staged: written after the live update, detached.
-        result = getattr(Layering(sysroot, progress=_progress(), say=_say), op)(stage=live, **kwargs)
-        _print_changes(result, "next boot")
-        if live and not result.dry_run:
-            from lulayer.apply.live import apply_live
-            from lulayer.layering.staged import finalize
-
-            target = result.commit or sysroot.deployments()[0].checksum
-            try:
-                live_result = apply_live(sysroot, target, allow_replacement=allow_replacement,
-                                         allow_removal=op == "uninstall", say=_say)
-            except Exception:
-                # A refused or failed live apply still leaves the next boot's deployment. Should that
-                # fail too, it is recorded (status shows it); the live apply's error is the one to report.
-                with suppress(LulayerError):
-                    finalize(sysroot)
-                raise
-            _print_live(live_result)
-        if result.staged is not None:
-            _write_staged(sysroot)
-
-
-def _write_staged(sysroot: Any) -> None:
-    from lulayer.layering.staged import finalize, finalize_detached
-
-    if finalize_detached(sysroot, sysroot.run_dir / "lulayer" / "finalize.log"):
-        click.echo("The next boot's deployment is being written in the background; a reboot waits for it.")
-        sys.stdout.flush()
-        os._exit(0)  # the detached child holds the lock now: leave without releasing it
-    finalize(sysroot)
 
 
 @cli.command()
@@ -189,7 +151,9 @@ def _write_staged(sysroot: Any) -> None:
 def install(ctx: Context, packages: tuple[str, ...], dry_run: bool, idempotent: bool, live: bool,
             allow_replacement: bool) -> None:
     """Layer PACKAGES onto the image, for the next boot (and now, with --live)."""
-    _layer(ctx, "install", live, allow_replacement, names=packages, dry_run=dry_run, idempotent=idempotent)
+    with _transaction(ctx) as tx:
+        _print_outcome(tx.install(packages, dry_run=dry_run, idempotent=idempotent, live=live,
+                                  allow_replacement=allow_replacement))
 
 
 @cli.command()
@@ -201,7 +165,9 @@ def install(ctx: Context, packages: tuple[str, ...], dry_run: bool, idempotent: 
 def uninstall(ctx: Context, packages: tuple[str, ...], remove_all: bool, dry_run: bool, live: bool,
               allow_replacement: bool) -> None:
     """Remove layered PACKAGES (no names, or --all: every layered package)."""
-    _layer(ctx, "uninstall", live, allow_replacement, names=packages, remove_all=remove_all, dry_run=dry_run)
+    with _transaction(ctx) as tx:
+        _print_outcome(tx.uninstall(packages, remove_all=remove_all, dry_run=dry_run, live=live,
+                                    allow_replacement=allow_replacement))
 
 
 @cli.command()
@@ -210,39 +176,30 @@ def uninstall(ctx: Context, packages: tuple[str, ...], remove_all: bool, dry_run
 @click.pass_obj
 def upgrade(ctx: Context, dry_run: bool, live: bool, allow_replacement: bool) -> None:
     """Newest base commit of the origin's ref, layered packages at their newest versions."""
-    _layer(ctx, "upgrade", live, allow_replacement, dry_run=dry_run)
+    with _transaction(ctx) as tx:
+        _print_outcome(tx.upgrade(dry_run=dry_run, live=live, allow_replacement=allow_replacement))
 
 
 @cli.command("apply-live")
 @click.option("--reset", is_flag=True, help="Return the live /usr to the booted commit.")
 @click.option("--allow-replacement", is_flag=True, help="Allow replacing or removing existing files and packages.")
 @click.pass_obj
-def apply_live_cmd(ctx: Context, reset: bool, allow_replacement: bool) -> None:
+def apply_live(ctx: Context, reset: bool, allow_replacement: bool) -> None:
     """Apply the pending deployment to the running system, without a reboot."""
-    from lulayer.apply.live import apply_live
-    from lulayer.apply.live import reset as live_reset
-    from lulayer.errors import LiveApplyError
-
-    with _locked(ctx, finish_live=not reset) as sysroot:
+    with _transaction(ctx) as tx:
         if reset:
-            r = live_reset(sysroot, _say)
+            r = tx.reset_live()
             click.echo(f"Live /usr reset to the booted commit {r.target[:12]}.")
             return
-        pending = sysroot.pending()
-        if pending is None:
-            raise LiveApplyError("there is no pending deployment to apply",
-                                 hint="make one with `lulayer install PKG`, or pass --reset")
-        _print_live(apply_live(sysroot, pending.checksum, allow_replacement=allow_replacement, say=_say))
+        _print_live(tx.apply_live(allow_replacement=allow_replacement))
 
 
 @cli.command()
 @click.pass_obj
 def finalize(ctx: Context) -> None:
     """Write a deployment staged by `--live` now (on a host, shutdown does it too)."""
-    with _locked(ctx, finish_staged=False) as sysroot:
-        from lulayer.layering.staged import finalize as write_staged
-
-        dep = write_staged(sysroot)
+    with _transaction(ctx) as tx:
+        dep = tx.finalize()
     click.echo(f"Wrote the staged deployment {dep.name}." if dep else "No staged deployment to write.")
 
 
@@ -250,10 +207,8 @@ def finalize(ctx: Context) -> None:
 @click.pass_obj
 def rollback(ctx: Context) -> None:
     """Make the previous deployment the default for the next boot."""
-    from lulayer.layering.deploy import rollback as do_rollback
-
-    with _locked(ctx) as sysroot:
-        dep = do_rollback(sysroot)
+    with _transaction(ctx) as tx:
+        dep = tx.rollback()
     click.echo(f"Moving {dep.checksum[:12]}.{dep.serial} to be first deployment. Reboot to use it.")
 
 
@@ -264,13 +219,19 @@ def rollback(ctx: Context) -> None:
 @click.pass_obj
 def cleanup(ctx: Context, pending: bool, rollback_: bool, repomd: bool) -> None:
     """Remove pending or rollback deployments, caches, and unreferenced objects."""
-    from lulayer.layering.cleanup import cleanup as do_cleanup
-
     if not (pending or rollback_ or repomd):
         raise click.UsageError("say what to clean: --pending, --rollback and/or --repomd")
-    with _locked(ctx, finish_staged=not pending) as sysroot:
-        for line in do_cleanup(sysroot, pending=pending, rollback=rollback_, repomd=repomd):
-            click.echo(line)
+    with _transaction(ctx) as tx:
+        r = tx.cleanup(pending=pending, rollback=rollback_, repomd=repomd)
+    if r.dropped_staged:
+        click.echo(f"Dropped the staged deployment of {r.dropped_staged[:12]} (not yet written)")
+    for name in r.removed_deployments:
+        click.echo(f"Removed deployment {name}")
+    if r.removed_cache:
+        click.echo(f"Removed cached metadata and packages in {r.removed_cache}")
+    for name in r.removed_base_checkouts:
+        click.echo(f"Removed base checkout {name[:12]}")
+    click.echo("Pruned unreferenced repository objects")
 
 
 @cli.command()
@@ -279,13 +240,16 @@ def cleanup(ctx: Context, pending: bool, rollback_: bool, repomd: bool) -> None:
 @click.pass_obj
 def status(ctx: Context, as_json: bool, verbose: bool) -> None:
     """The deployments in boot order, the booted one marked."""
-    from lulayer.layering.status import read_status
+    from lulayer.layering.transaction import status as read_status
 
-    with _locked(ctx, write=False) as sysroot:
-        st = read_status(sysroot)
+    st = read_status(ctx.sysroot_path)
     if as_json:
         click.echo(json.dumps(st.to_json(), indent=2))
         return
+    _print_status(st, verbose)
+
+
+def _print_status(st: Status, verbose: bool) -> None:
     click.echo("Deployments:")
     if st.staged is not None:
         _print_staged(st.staged, verbose)
@@ -324,7 +288,7 @@ def status(ctx: Context, as_json: bool, verbose: bool) -> None:
             click.echo(f"  - {p.nevra}")
 
 
-def _print_staged(ss: Any, verbose: bool) -> None:
+def _print_staged(ss: StagedStatus, verbose: bool) -> None:
     state = ("being written" if ss.being_written else
              f"write failed: {ss.staged.error}" if ss.staged.error else
              "not written yet; `lulayer finalize` or a reboot writes it")
@@ -339,7 +303,7 @@ def _print_staged(ss: Any, verbose: bool) -> None:
     click.echo("")
 
 
-def _print_live_status(live: Any) -> None:
+def _print_live_status(live: LiveStatus) -> None:
     if live.inprogress:
         click.secho(f"{'InterruptedLiveCommit':>19}: {live.inprogress}", fg="red", bold=True)
         click.secho(f"{'':>19}  run `lulayer apply-live` to finish it or `lulayer apply-live --reset`", fg="red")

@@ -17,6 +17,10 @@ class LulayerError(Exception):
         self.message = message
         self.hint = hint
 
+    def __reduce__(self) -> tuple[type[LulayerError], tuple[str, str | None]]:
+        # Pickled across a fork (run.run_in_child): keep the hint.
+        return type(self), (self.message, self.hint)
+
     def __str__(self) -> str:
         return f"{self.message} ({self.hint})" if self.hint else self.message
 

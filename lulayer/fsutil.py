@@ -8,67 +8,19 @@ nothing follows a symlink out of the tree it was asked to work on.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import os
-import platform
 import re
 import stat
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Final, cast
-
-AT_FDCWD: Final = -100
-RENAME_NOREPLACE: Final = 1 << 0
-RENAME_EXCHANGE: Final = 1 << 1
+from typing import Final
 
 _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-# Raw syscall numbers, for a libc without the renameat2 wrapper (glibc < 2.28, old musl).
-_SYS_RENAMEAT2: Final = {"x86_64": 316, "aarch64": 276}
 # The temporary names write_file_atomic (and the live apply) write beside a target.
 TEMP_NAME_RE: Final = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")
 
 StrPath = str | os.PathLike[str]
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-_Renameat2 = Callable[[int, bytes, int, bytes, int], int]
-
-
-def _syscall_renameat2(
-    olddirfd: int, oldname: bytes, newdirfd: int, newname: bytes, flags: int
-) -> int:
-    """renameat2 through syscall(2), for a libc without the wrapper (glibc < 2.28)."""
-    nr = _SYS_RENAMEAT2.get(platform.machine())
-    if nr is None:
-        ctypes.set_errno(errno.ENOSYS)
-        return -1
-    syscall = _libc.syscall
-    syscall.restype = ctypes.c_long
-    return int(
-        syscall(
-            ctypes.c_long(nr),
-            ctypes.c_int(olddirfd),
-            ctypes.c_char_p(oldname),
-            ctypes.c_int(newdirfd),
-            ctypes.c_char_p(newname),
-            ctypes.c_uint(flags),
-        )
-    )
-
-
-def _load_renameat2() -> _Renameat2:
-    try:
-        fn = _libc.renameat2
-    except AttributeError:
-        return _syscall_renameat2
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return cast(_Renameat2, fn)
-
-
-_renameat2 = _load_renameat2()
 
 
 @contextlib.contextmanager
@@ -97,17 +49,6 @@ def opened_dir(
         yield fd
     finally:
         os.close(fd)
-
-
-def renameat2(
-    olddirfd: int, oldname: StrPath | bytes, newdirfd: int, newname: StrPath | bytes, flags: int
-) -> None:
-    """renameat2(2): RENAME_EXCHANGE swaps two entries atomically, RENAME_NOREPLACE refuses
-    to replace an existing target (EEXIST)."""
-    old, new = os.fsencode(oldname), os.fsencode(newname)
-    if _renameat2(olddirfd, old, newdirfd, new, flags) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), os.fsdecode(old), None, os.fsdecode(new))
 
 
 def fsync_dir(dirfd_or_path: int | StrPath) -> None:

@@ -12,17 +12,14 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 
+from lulayer.fsutil import opened_dir, write_file_atomic
 from lulayer.sysroot import Sysroot
-
-
-def _owner_file(sysroot: Sysroot) -> str:
-    return str(sysroot.run_dir / "lulayer" / "lock.owner")
 
 
 def _lulayer_holder(sysroot: Sysroot) -> tuple[str, str] | None:
     """The pid and command of the lulayer process that holds the lock, if one does."""
     try:
-        with open(_owner_file(sysroot)) as f:
+        with open(sysroot.lock_owner) as f:
             pid, _, cmd = f.read().partition(" ")
     except FileNotFoundError:
         return None
@@ -55,16 +52,15 @@ def held_for(sysroot: Sysroot, what: str) -> bool:
 
 
 def _write_owner(sysroot: Sysroot, what: str) -> None:
-    owner = _owner_file(sysroot)
-    os.makedirs(os.path.dirname(owner), exist_ok=True)
-    with open(owner + ".tmp", "w") as f:
-        f.write(f"{os.getpid()} {what}\n")
-    os.rename(owner + ".tmp", owner)
+    owner = sysroot.lock_owner
+    owner.parent.mkdir(parents=True, exist_ok=True)
+    with opened_dir(owner.parent) as fd:
+        write_file_atomic(fd, owner.name, f"{os.getpid()} {what}\n".encode(), sync_dir=False)
 
 
 def _clear_owner(sysroot: Sysroot) -> None:
     with suppress(FileNotFoundError):
-        os.unlink(_owner_file(sysroot))
+        os.unlink(sysroot.lock_owner)
 
 
 @contextmanager

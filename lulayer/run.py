@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import shlex
+import signal
 import subprocess
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from lulayer import linux
 from lulayer.errors import CommandError, LulayerError
 
 log = logging.getLogger(__name__)
@@ -48,11 +52,11 @@ def run(
     return proc
 
 
-def fork_child(work: Callable[[], None], output: int) -> int:
+def fork_child(work: Callable[[], None], output: int, report: int | None = None) -> int:
     """Fork a child that runs work, with stdin from /dev/null and stdout and stderr on the
     fd output, and exits: 0, or 1 once the error is written there (`error: MESSAGE` for a
-    LulayerError, else a traceback). The parent gets the child's pid; the child never
-    returns into the caller's code."""
+    LulayerError, else a traceback) and, pickled, to the fd report. The parent gets the
+    child's pid; the child never returns into the caller's code."""
     sys.stdout.flush()  # what is buffered is the parent's to write, not the child's
     sys.stderr.flush()
     pid = os.fork()
@@ -68,11 +72,67 @@ def fork_child(work: Callable[[], None], output: int) -> int:
         code = 0
     except LulayerError as e:
         os.write(2, f"\nerror: {e}\n".encode())
+        _report(report, e)
     except BaseException:  # the child reports; it must never unwind into the parent's code
-        os.write(2, ("\n" + traceback.format_exc()).encode())
+        text = traceback.format_exc()
+        os.write(2, ("\n" + text).encode())
+        _report(report, ChildFailed(text.rstrip()))
     finally:
         try:
             sys.stdout.flush()
             sys.stderr.flush()
         finally:
             os._exit(code)
+
+
+class ChildFailed(Exception):
+    """A forked child raised something other than a LulayerError: a bug, reported with the
+    child's own traceback."""
+
+
+def _report(fd: int | None, exc: BaseException) -> None:
+    if fd is None:
+        return
+    data = pickle.dumps(exc)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def run_in_child(name: str, work: Callable[[], None], *, new_mount_namespace: bool = False) -> None:
+    """Run work in a forked child and wait for it, as if it ran here: what it raises is
+    raised here (a LulayerError as it is, anything else as ChildFailed with its traceback).
+
+    The child is named name (/proc/PID/comm) and dies with us (PR_SET_PDEATHSIG); with
+    new_mount_namespace it has a private mount namespace of its own, so its mounts vanish
+    with it, even when it is killed. A fork, not a new interpreter: the child has every
+    module already imported. Its output (scriptlets') goes to a temporary file.
+    """
+    from lulayer.mounts import unshare_mount_namespace
+
+    def child() -> None:
+        linux.set_pdeathsig(signal.SIGKILL)
+        linux.set_name(name)
+        if new_mount_namespace:
+            unshare_mount_namespace()
+        work()
+
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    with tempfile.TemporaryFile() as log:
+        try:
+            pid = fork_child(child, log.fileno(), report=write_end)
+        finally:
+            os.close(write_end)
+        with os.fdopen(read_end, "rb") as reports:
+            reported = reports.read()
+        _, status = os.waitpid(pid, 0)
+    if reported:
+        raise pickle.loads(reported)
+    if status != 0:
+        raise LulayerError(f"the {name} process died ({_describe_status(status)})")
+
+
+def _describe_status(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exit status {os.waitstatus_to_exitcode(status)}"

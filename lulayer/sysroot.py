@@ -95,6 +95,11 @@ def _keyfile_remove(kf: GLib.KeyFile, group: str, key: str) -> None:
         kf.remove_key(group, key)
 
 
+def deployment_name(d: OSTree.Deployment) -> str:
+    """A deployment's folder name, CHECKSUM.SERIAL: how lulayer and libostree name it."""
+    return f"{d.get_csum()}.{d.get_deployserial()}"
+
+
 @dataclass(frozen=True)
 class Deployment:
     osname: str
@@ -147,17 +152,63 @@ class Sysroot:
         _, self.repo = self.ostree.get_repo(None)
         self._booted_name = self._find_booted()
 
+    # --- every path lulayer keeps under a sysroot ------------------------------------------
+
     @property
     def run_dir(self) -> Path:
+        """The running system's /run (a folder sysroot's own run/): gone at reboot."""
         return self.path / "run" if self.folder else Path("/run")
+
+    @property
+    def lulayer_dir(self) -> Path:
+        """lulayer's persistent state beside the repository."""
+        return self.path / "ostree" / "lulayer"
+
+    @property
+    def staged_record(self) -> Path:
+        """The deployment --live staged for the next boot and not yet written (staged.py)."""
+        return self.lulayer_dir / "staged.json"
+
+    @property
+    def base_checkouts(self) -> Path:
+        """Cached hardlink checkouts of base commits, to compose on (never written)."""
+        return self.lulayer_dir / "base"
+
+    @property
+    def compose_scratch(self) -> Path:
+        """Where compose makes its overlay layers: the repository's tmp, on its file system."""
+        return self.path / "ostree" / "repo" / "tmp"
+
+    @property
+    def lock_owner(self) -> Path:
+        """Who holds the sysroot lock (lock.py): OFD locks carry no pid."""
+        return self.run_dir / "lulayer" / "lock.owner"
+
+    @property
+    def finalize_log(self) -> Path:
+        """The output of the detached writer of a staged deployment."""
+        return self.run_dir / "lulayer" / "finalize.log"
 
     def var_dir(self, osname: str) -> Path:
         return self.path / "ostree" / "deploy" / osname / "var"
 
+    @property
+    def cache_dir(self) -> Path:
+        """Repository metadata and RPMs, in the booted OS's /var/cache."""
+        return self.var_dir(self.booted().osname) / "cache" / "lulayer"
+
+    def backing_dir(self, d: Deployment) -> Path:
+        """The live overlay's upper and work folders for deployment d (apply/live.py)."""
+        return self.path / "ostree" / "deploy" / d.osname / "backing" / d.name / "lulayer-live"
+
+    def deployment_state_dir(self, d: Deployment) -> Path:
+        """Where state that must not outlive a boot goes (rpm-ostree's stamp folder)."""
+        return self.run_dir / "ostree" / "deployment-state" / d.name
+
     def _find_booted(self) -> str | None:
         if not self.folder:
             booted = self.ostree.get_booted_deployment()
-            return f"{booted.get_csum()}.{booted.get_deployserial()}" if booted else None
+            return deployment_name(booted) if booted else None
         marker = self.path / BOOTED_MARKER
         try:
             rel = marker.read_text().strip()
@@ -169,14 +220,14 @@ class Sysroot:
         target = (self.path / rel).resolve()
         for d in self.ostree.get_deployments():
             if (self.path / self.ostree.get_deployment_dirpath(d)).resolve() == target:
-                return f"{d.get_csum()}.{d.get_deployserial()}"
+                return deployment_name(d)
         raise SysrootError(
             f"{marker} names {rel!r}, which is not a deployment of this sysroot",
             hint="point it at one of the folders under ostree/deploy/OSNAME/deploy/",
         )
 
     def _wrap(self, index: int, d: OSTree.Deployment) -> Deployment:
-        name = f"{d.get_csum()}.{d.get_deployserial()}"
+        name = deployment_name(d)
         kf = d.get_origin()
         if kf is None:
             raise SysrootError(f"deployment {name} has no .origin file", hint="redeploy it with ostree admin deploy")
@@ -227,13 +278,9 @@ class Sysroot:
         """What a new deployment builds on: the pending one, else the booted one."""
         return self.pending() or self.booted()
 
-    def deployment_state_dir(self, d: Deployment) -> Path:
-        """Where state that must not outlive a boot goes (rpm-ostree's stamp folder)."""
-        return self.run_dir / "ostree" / "deployment-state" / d.name
-
     def ostree_deployment(self, d: Deployment) -> OSTree.Deployment:
         for od in self.ostree.get_deployments():
-            if od.get_csum() == d.checksum and od.get_deployserial() == d.serial:
+            if deployment_name(od) == d.name:
                 return od
         raise SysrootError(f"deployment {d.name} is gone", hint="run `lulayer status` and retry")
 
@@ -254,12 +301,6 @@ def commit_metadata(repo: OSTree.Repo, checksum: str) -> dict[str, object]:
     _, commit = repo.load_variant(OSTree.ObjectType.COMMIT, checksum)
     meta: dict[str, object] = commit.get_child_value(0).unpack()
     return meta
-
-
-def commit_parent(repo: OSTree.Repo, checksum: str) -> str | None:
-    _, commit = repo.load_variant(OSTree.ObjectType.COMMIT, checksum)
-    parent: str | None = OSTree.commit_get_parent(commit)
-    return parent
 
 
 def require_root() -> None:

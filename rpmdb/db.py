@@ -16,7 +16,6 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import gi
@@ -26,6 +25,7 @@ gi.require_version("OSTree", "1.0")
 from gi.repository import GLib, OSTree  # noqa: E402
 
 from lulayer.errors import LulayerError  # noqa: E402
+from lulayer.rpmdb.model import Package  # noqa: E402
 
 AT_FDCWD = -100
 
@@ -38,26 +38,6 @@ _MACRO_GLOBS = (
 )
 _DBPATH_RE = re.compile(r"^\s*%_dbpath\s+(\S+)\s*$", re.MULTILINE)
 _DEFAULT_DBPATHS = ("/usr/lib/sysimage/rpm", "/var/lib/rpm")
-
-
-@dataclass(frozen=True, order=True)
-class Package:
-    name: str
-    epoch: int
-    version: str
-    release: str
-    arch: str
-
-    @property
-    def evr(self) -> str:
-        return f"{self.epoch}:{self.version}-{self.release}" if self.epoch else f"{self.version}-{self.release}"
-
-    @property
-    def nevra(self) -> str:
-        return f"{self.name}-{self.evr}.{self.arch}"
-
-    def __str__(self) -> str:
-        return self.nevra
 
 
 def resolve_in_tree(root: Path, path: str) -> PurePosixPath:
@@ -153,13 +133,6 @@ def snapshot(src_dir: Path, dbpath: PurePosixPath) -> Iterator[Path]:
         shutil.copytree(src_dir, dest, symlinks=True,
                         ignore=shutil.ignore_patterns("*-shm", "*-wal", ".rpm.lock", "__db.*"))
         yield Path(tmp)
-
-
-def tree_packages(root: Path) -> tuple[Package, ...]:
-    """The packages of a checked-out tree, read from a copy of its rpmdb."""
-    dbpath = tree_dbpath(root)
-    with snapshot(root / str(dbpath).lstrip("/"), dbpath) as snap:
-        return read_packages(snap, dbpath)
 
 
 @functools.lru_cache(maxsize=32)

@@ -18,7 +18,7 @@ TOP = Path(__file__).resolve().parent.parent
 if str(TOP) not in sys.path:
     sys.path.insert(0, str(TOP))
 
-from lulayer.apply.overlay import unshare_mount_namespace  # noqa: E402  (needs TOP on sys.path)
+from lulayer.mounts import unshare_mount_namespace  # noqa: E402  (needs TOP on sys.path)
 
 IS_ROOT = os.geteuid() == 0
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fixtures import build as fixture_build
+from lulayer.mounts import mount_at
 
 TOP = Path(__file__).resolve().parent.parent
 DBPATH = "/usr/share/rpm"
@@ -161,16 +162,9 @@ def point_repo_file(deployment: Path, repo: Path) -> None:
 
 
 def fstype_at(path: Path) -> str | None:
-    """The file system type of the mount whose mount point is exactly PATH, or None."""
-    target = os.path.realpath(path)
-    found = None
-    with open("/proc/self/mountinfo") as info:
-        for line in info:
-            fields = line.split()
-            point = fixture_build._unescape_mount_path(fields[4])
-            if point == target:
-                found = fields[fields.index("-") + 1]  # the last mount on top wins
-    return found
+    """The file system type of the topmost mount whose mount point is exactly PATH, or None."""
+    info = mount_at(path)
+    return info.fstype if info else None
 
 
 # --------------------------------------------------------------------------- tree snapshots

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from lulayer import fsutil
-from lulayer.apply.overlay import (
+from lulayer import fsutil, linux
+from lulayer.errors import LiveApplyError
+from lulayer.mounts import (
     MountInfo,
     is_overlay_with_redirect_dir,
     mount_at,
@@ -21,7 +22,6 @@ from lulayer.apply.overlay import (
     parse_mountinfo,
     unmount,
 )
-from lulayer.errors import LiveApplyError
 
 
 @dataclass(frozen=True)
@@ -139,7 +139,7 @@ def test_exchange_of_a_lower_dir_needs_redirect_dir(layers: Layers) -> None:
     info = mount_at(layers.target)
     assert info is not None and not is_overlay_with_redirect_dir(info)
     with fsutil.opened_dir(layers.target / "usr/lib") as d, pytest.raises(OSError) as e:
-        fsutil.renameat2(d, "app.new", d, "app", fsutil.RENAME_EXCHANGE)
+        linux.renameat2(d, "app.new", d, "app", linux.RENAME_EXCHANGE)
     assert e.value.errno == errno.EXDEV
     unmount(layers.target)
 
@@ -151,7 +151,7 @@ def test_exchange_of_a_lower_dir_needs_redirect_dir(layers: Layers) -> None:
     (layers.target / "usr/lib/app.new").mkdir()
     (layers.target / "usr/lib/app.new/new.so").write_text("new")
     with fsutil.opened_dir(layers.target / "usr/lib") as d:
-        fsutil.renameat2(d, "app.new", d, "app", fsutil.RENAME_EXCHANGE)
+        linux.renameat2(d, "app.new", d, "app", linux.RENAME_EXCHANGE)
     assert os.listdir(layers.target / "usr/lib/app") == ["new.so"]
     assert os.listdir(layers.target / "usr/lib/app.new") == ["old.so"]
     assert (layers.lower / "usr/lib/app/old.so").read_text() == "old"

@@ -33,6 +33,7 @@ import pytest
 from fixtures import build as fixture_build
 from lulayer.apply.live import RESET_STEPS
 from lulayer.faults import FAULT_ENV
+from lulayer.mounts import mounts as mount_table
 from tests.helpers import (
     BASE,
     DBPATH,
@@ -120,10 +121,10 @@ def objects_count(sysroot: Path) -> int:
     return sum(len(files) for _d, _s, files in os.walk(repo_of(sysroot) / "objects"))
 
 
-def mounts_under(path: Path) -> list[str]:
-    top = os.path.realpath(path).rstrip("/") + "/"
-    with open("/proc/self/mountinfo") as f:
-        return [ln for ln in f if fixture_build._unescape_mount_path(ln.split()[4]).startswith(top)]
+def mounts_under(path: Path) -> list[Path]:
+    """Mount points strictly under path."""
+    top = Path(os.path.realpath(path))
+    return [m.mountpoint for m in mount_table() if top in m.mountpoint.parents]
 
 
 def usr_entries(root: Path) -> dict[str, object]:

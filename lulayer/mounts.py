@@ -1,4 +1,4 @@
-"""Overlay mounts for live apply, and reading the mount table.
+"""Mounts: reading the mount table, overlays, and mount namespaces.
 
 The live overlay needs redirect_dir=on: without it overlayfs refuses to rename a
 directory that comes from the lower layer (EXDEV), and the live-apply swap of a
@@ -7,33 +7,20 @@ directory with RENAME_EXCHANGE is exactly such a rename.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import re
-import signal
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from lulayer import linux
 from lulayer.errors import LiveApplyError, LulayerError
-from lulayer.run import fork_child
 
-MNT_DETACH: Final = 2
-UMOUNT_NOFOLLOW: Final = 8
 # Legacy mount(2) data is one page; longer option strings are cut by the kernel.
 _MAX_MOUNT_DATA: Final = 4095
 _OVERLAY_PARAMS: Final = Path("/sys/module/overlay/parameters")
 _OCTAL: Final = re.compile(r"\\([0-7]{3})")
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
-                        ctypes.c_char_p]  # fmt: skip
-_libc.mount.restype = ctypes.c_int
-_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
-_libc.umount2.restype = ctypes.c_int
 
 
 @dataclass(frozen=True)
@@ -209,73 +196,36 @@ def mount_overlay(
           hint="the kernel log (dmesg) says why overlayfs refused it")
 
 
-MS_RDONLY: Final = 1
-MS_REMOUNT: Final = 32
-MS_BIND: Final = 4096
-
-
 def mount(source: str | None, target: Path, fstype: str | None, flags: int = 0, data: str | None = None,
           *, hint: str | None = None) -> None:
     """mount(2); a failure raises LiveApplyError naming the target."""
-    if _libc.mount(source.encode() if source else None, os.fsencode(target), fstype.encode() if fstype else None,
-                   flags, data.encode() if data else None) != 0:
-        err = ctypes.get_errno()
-        if flags & MS_REMOUNT:
-            raise LiveApplyError(f"cannot remount {target}: {os.strerror(err)}", hint=hint)
+    try:
+        linux.mount(source, target, fstype, flags, data)
+    except OSError as e:
+        if flags & linux.MS_REMOUNT:
+            raise LiveApplyError(f"cannot remount {target}: {e.strerror}", hint=hint) from e
         what = f"an {fstype}" if fstype else "a mount"
-        raise LiveApplyError(f"cannot mount {what} on {target}: {os.strerror(err)}", hint=hint)
+        raise LiveApplyError(f"cannot mount {what} on {target}: {e.strerror}", hint=hint) from e
 
 
 def unmount(target: Path, *, lazy: bool = False) -> None:
     """Unmount target; lazy detaches it now and frees it when no longer busy."""
-    flags = UMOUNT_NOFOLLOW | (MNT_DETACH if lazy else 0)
-    if _libc.umount2(os.fsencode(target), flags) != 0:
-        err = ctypes.get_errno()
-        if err == errno.EBUSY:
-            raise LiveApplyError(
-                f"cannot unmount {target}: it is in use",
-                hint="stop what uses it, or unmount lazily",
-            )
-        if err == errno.EINVAL:
-            raise LiveApplyError(f"cannot unmount {target}: it is not a mount point")
-        raise LiveApplyError(f"cannot unmount {target}: {os.strerror(err)}")
-
-
-CLONE_NEWNS: Final = 0x00020000
-MS_REC: Final = 0x4000
-MS_PRIVATE: Final = 1 << 18
-_PR_SET_NAME: Final = 15
-_PR_SET_PDEATHSIG: Final = 1
+    try:
+        linux.umount2(target, linux.UMOUNT_NOFOLLOW | (linux.MNT_DETACH if lazy else 0))
+    except OSError as e:
+        if e.errno == errno.EBUSY:
+            raise LiveApplyError(f"cannot unmount {target}: it is in use",
+                                 hint="stop what uses it, or unmount lazily") from e
+        if e.errno == errno.EINVAL:
+            raise LiveApplyError(f"cannot unmount {target}: it is not a mount point") from e
+        raise LiveApplyError(f"cannot unmount {target}: {e.strerror}") from e
 
 
 def unshare_mount_namespace() -> None:
     """Give this process a mount namespace of its own, with / private in it, so that
     nothing mounted from now on propagates out."""
-    if _libc.unshare(CLONE_NEWNS) != 0:
-        raise LiveApplyError(f"cannot make a mount namespace: {os.strerror(ctypes.get_errno())}")
-    mount(None, Path("/"), None, MS_REC | MS_PRIVATE)
-
-
-def in_mount_namespace(name: str, work: Callable[[], None]) -> None:
-    """Run work in a forked child (run.fork_child) with a private mount namespace of its own.
-
-    Its mounts vanish with it, even when it is killed, and it dies with us
-    (PR_SET_PDEATHSIG). A fork, not a new interpreter: the child has every
-    module already imported. Its output goes to a temporary file, the last
-    line of which is the message of the LulayerError raised when it fails.
-    """
-
-    def child() -> None:
-        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        _libc.prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
-        unshare_mount_namespace()
-        work()
-
-    with tempfile.TemporaryFile() as log:
-        _, status = os.waitpid(fork_child(child, log.fileno()), 0)
-        if status == 0:
-            return
-        log.seek(0)
-        lines = [ln for ln in log.read().decode(errors="replace").splitlines() if ln.strip()]
-        last = lines[-1] if lines else f"exit status {os.waitstatus_to_exitcode(status)}"
-        raise LulayerError(last.removeprefix("error: "))
+    try:
+        linux.unshare(linux.CLONE_NEWNS)
+    except OSError as e:
+        raise LulayerError(f"cannot make a mount namespace: {e.strerror}") from e
+    mount(None, Path("/"), None, linux.MS_REC | linux.MS_PRIVATE)

@@ -1,0 +1,209 @@
+"""The transaction core: every command that changes a sysroot runs through here.
+
+One sequence, whatever the caller (the CLI, its JSON output, the Ansible
+module): take the sysroot lock; finish what a killed run left (a live update in
+progress, a deployment staged and not written); run the operation (resolve and
+compose, deploy or stage, apply live); hand a staged deployment to a detached
+writer or write it; release the lock. Each operation returns a typed result;
+how it is shown is the caller's business.
+
+    with Transaction.begin(path, reporter) as tx:
+        outcome = tx.install(["htop"], live=True)
+        show(outcome)
+    # here, with a detached writer, the process has left through os._exit
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Protocol
+
+from lulayer.apply import live
+from lulayer.apply.live import LiveResult
+from lulayer.errors import LiveApplyError, LulayerError
+from lulayer.layering import deploy, staged
+from lulayer.layering.cleanup import CleanupResult, cleanup
+from lulayer.layering.layer import Layering, LayerResult
+from lulayer.layering.status import Status, read_status
+from lulayer.lock import sysroot_lock
+from lulayer.sysroot import Deployment, Sysroot, require_root
+
+
+class Reporter(Protocol):
+    """Where the core reports as it goes: lines for a person, download progress, recoveries."""
+
+    def say(self, message: str) -> None: ...
+
+    def progress(self, label: str, done: int, total: int) -> None: ...
+
+    def recovered(self, recovery: Recovery) -> None: ...
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What a command finished first, left by an earlier one that was killed."""
+
+    live: LiveResult | None = None  # an interrupted live update, finished to its target
+    staged: Deployment | None = None  # a deployment staged by --live, now written
+
+    @property
+    def empty(self) -> bool:
+        return self.live is None and self.staged is None
+
+
+class NextBoot(StrEnum):
+    """What an operation did to the deployment that boots next."""
+
+    UNCHANGED = "unchanged"  # nothing new: a dry run, or nothing to do
+    WRITTEN = "written"  # a new deployment is written and boots next
+    BEING_WRITTEN = "being-written"  # staged; a detached child writes it (a reboot waits for it)
+
+
+@dataclass(frozen=True)
+class LayerOutcome:
+    """install, uninstall or upgrade: the package changes, what went live, the next boot."""
+
+    layer: LayerResult
+    live: LiveResult | None
+    next_boot: NextBoot
+
+
+def status(sysroot_path: Path | None) -> Status:
+    """The sysroot's deployments, live state and staged deployment; takes no lock."""
+    return read_status(Sysroot(sysroot_path))
+
+
+class Transaction:
+    """One locked sysroot, from taking the lock to leaving it (see the module docstring)."""
+
+    def __init__(self, sysroot: Sysroot, reporter: Reporter) -> None:
+        self.sysroot = sysroot
+        self.reporter = reporter
+        self._detach = False
+
+    @classmethod
+    @contextmanager
+    def begin(cls, sysroot_path: Path | None, reporter: Reporter) -> Iterator[Transaction]:
+        """The sysroot, locked for the block (waiting for another holder, named)."""
+        require_root()
+        sysroot = Sysroot(sysroot_path)
+        with sysroot_lock(sysroot, on_wait=reporter.say):
+            tx = cls(sysroot, reporter)
+            try:
+                yield tx
+            except BaseException:
+                if tx._detach:  # the caller failed before the writer was started: write it now
+                    with suppress(LulayerError):
+                        staged.finalize(sysroot)
+                raise
+            tx._leave()
+
+    def _recover(self, *, live_update: bool = True, staged_deployment: bool = True) -> None:
+        """Finish what a killed run left: its live update first (the booted deployment's
+        live state), then the deployment it staged."""
+        recovery = Recovery(
+            live=live.finish_interrupted(self.sysroot, self.reporter.say) if live_update else None,
+            staged=staged.finalize(self.sysroot) if staged_deployment else None,
+        )
+        if not recovery.empty:
+            self.reporter.recovered(recovery)
+
+    # --- layering ----------------------------------------------------------------------
+
+    def install(self, names: Sequence[str], *, dry_run: bool = False, idempotent: bool = False,
+                live: bool = False, allow_replacement: bool = False) -> LayerOutcome:
+        return self._layer(lambda ly: ly.install(names, dry_run=dry_run, idempotent=idempotent, stage=live),
+                           live=live, allow_replacement=allow_replacement, allow_removal=False)
+
+    def uninstall(self, names: Sequence[str], *, remove_all: bool = False, dry_run: bool = False,
+                  live: bool = False, allow_replacement: bool = False) -> LayerOutcome:
+        # Removing what is uninstalled is what uninstall --live is for.
+        return self._layer(lambda ly: ly.uninstall(names, remove_all=remove_all, dry_run=dry_run, stage=live),
+                           live=live, allow_replacement=allow_replacement, allow_removal=True)
+
+    def upgrade(self, *, dry_run: bool = False, live: bool = False,
+                allow_replacement: bool = False) -> LayerOutcome:
+        return self._layer(lambda ly: ly.upgrade(dry_run=dry_run, stage=live),
+                           live=live, allow_replacement=allow_replacement, allow_removal=False)
+
+    def _layer(self, operation: Callable[[Layering], LayerResult], *, live: bool, allow_replacement: bool,
+               allow_removal: bool) -> LayerOutcome:
+        self._recover()
+        # With live, the next boot's deployment is staged: written after the live update.
+        result = operation(Layering(self.sysroot, progress=self.reporter.progress))
+        if result.dry_run:
+            return LayerOutcome(result, None, NextBoot.UNCHANGED)
+        if not live:
+            return LayerOutcome(result, None, NextBoot.WRITTEN if result.deployment else NextBoot.UNCHANGED)
+        # Nothing new (already requested): the pending deployment, if any, is what goes live.
+        target = result.commit or self.sysroot.deployments()[0].checksum
+        try:
+            live_result = self._apply_live(target, allow_replacement=allow_replacement, allow_removal=allow_removal)
+        except BaseException:
+            # A refused or failed live apply still leaves the next boot's deployment. Should
+            # that fail too, it is recorded (status shows it): the live error is the one to report.
+            with suppress(LulayerError):
+                staged.finalize(self.sysroot)
+            raise
+        if result.staged is None:
+            return LayerOutcome(result, live_result, NextBoot.UNCHANGED)
+        return LayerOutcome(result, live_result, self._hand_off_staged())
+
+    def _hand_off_staged(self) -> NextBoot:
+        """Leave the staged deployment to a detached writer when one can take it, else write it."""
+        if staged.can_detach(self.sysroot):
+            self._detach = True
+            return NextBoot.BEING_WRITTEN
+        staged.finalize(self.sysroot)
+        return NextBoot.WRITTEN
+
+    def _leave(self) -> None:
+        if not self._detach:
+            return
+        staged.write_detached(self.sysroot)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)  # the detached child holds the lock now: leave without releasing it
+
+    # --- live --------------------------------------------------------------------------
+
+    def _apply_live(self, target: str, *, allow_replacement: bool, allow_removal: bool = False) -> LiveResult:
+        return live.apply_live(self.sysroot, target, allow_replacement=allow_replacement,
+                               allow_removal=allow_removal)
+
+    def apply_live(self, *, allow_replacement: bool = False) -> LiveResult:
+        """Apply the pending deployment to the running system."""
+        self._recover()
+        pending = self.sysroot.pending()
+        if pending is None:
+            raise LiveApplyError("there is no pending deployment to apply",
+                                 hint="make one with `lulayer install PKG`, or pass --reset")
+        return self._apply_live(pending.checksum, allow_replacement=allow_replacement)
+
+    def reset_live(self) -> LiveResult:
+        """Return the live /usr to the booted commit (an interrupted update is dropped, not finished)."""
+        self._recover(live_update=False)
+        return live.reset(self.sysroot)
+
+    # --- deployments -------------------------------------------------------------------
+
+    def finalize(self) -> Deployment | None:
+        """Write a deployment staged by --live now; None when none is recorded."""
+        self._recover(staged_deployment=False)
+        return staged.finalize(self.sysroot)
+
+    def rollback(self) -> Deployment:
+        """Make the previous deployment the default for the next boot; returns it."""
+        self._recover()
+        return deploy.rollback(self.sysroot)
+
+    def cleanup(self, *, pending: bool = False, rollback: bool = False, repomd: bool = False) -> CleanupResult:
+        # A staged deployment that --pending drops is not written first.
+        self._recover(staged_deployment=not pending)
+        return cleanup(self.sysroot, pending=pending, rollback=rollback, repomd=repomd)
