@@ -13,7 +13,18 @@ import libdnf5
 import rpm
 
 from lulayer.errors import ResolveError
-from lulayer.layering.resolver import Backend, Progress, Resolution, ResolvedPackage, ResolveRequest
+from lulayer.layering.resolver import (
+    Backend,
+    Progress,
+    Resolution,
+    ResolvedPackage,
+    ResolveRequest,
+    check_spec,
+    check_transaction,
+    depsolve_error,
+    download_error,
+    metadata_error,
+)
 from lulayer.layering.verify import verify_downloads
 from lulayer.rpmdb.db import Package
 
@@ -67,44 +78,26 @@ class Dnf5Resolver:
             try:
                 sack.load_repos()
             except Exception as e:  # libdnf5 raises its own RuntimeError subclasses
-                raise ResolveError(f"cannot load repository metadata: {' '.join(str(e).split())}",
-                                   hint="check the baseurl in /etc/yum.repos.d and that it is reachable") from e
+                raise metadata_error(e) from e
             installed_q = libdnf5.rpm.PackageQuery(base)
             installed_q.filter_installed()
             installed = {p.get_name() for p in installed_q}
             goal = libdnf5.base.Goal(base)
             for spec in request.install:
-                q = libdnf5.rpm.PackageQuery(base)
-                q.filter_available()
-                q.resolve_pkg_spec(spec, libdnf5.base.ResolveSpecSettings(), False)
-                names = {p.get_name() for p in q}
-                if not names:
-                    raise ResolveError(f"no package matches {spec!r} in the enabled repositories",
-                                       hint="check the name and the repository")
-                if names <= installed:
-                    raise ResolveError(f"{spec!r} is already in the base image",
-                                       hint="only packages the base lacks can be layered")
+                matched = libdnf5.rpm.PackageQuery(base)
+                matched.filter_available()
+                matched.resolve_pkg_spec(spec, libdnf5.base.ResolveSpecSettings(), False)
+                check_spec(spec, {p.get_name() for p in matched}, installed)
                 goal.add_rpm_install(spec)
             trans = goal.resolve()
             if trans.get_problems() != libdnf5.base.GoalProblem_NO_PROBLEM:
-                logs = " ".join(" ".join(trans.get_resolve_logs_as_strings()).split())
-                raise ResolveError(f"dependencies cannot be satisfied: {logs}",
-                                   hint="the repository lacks what the package requires")
+                raise depsolve_error(" ".join(trans.get_resolve_logs_as_strings()))
             inbound: list[Any] = []
-            touched: list[Package] = []
+            outbound: list[Any] = []
             for tp in trans.get_transaction_packages():
-                pkg = tp.get_package()
-                if libdnf5.base.transaction.transaction_item_action_is_inbound(tp.get_action()):
-                    inbound.append(pkg)
-                    if pkg.get_name() in installed:
-                        touched.append(_package(pkg))
-                else:
-                    touched.append(_package(pkg))
-            if touched:
-                raise ResolveError(
-                    "layering would replace base packages: " + ", ".join(str(p) for p in touched),
-                    hint="replacing base packages is not supported",
-                )
+                is_inbound = libdnf5.base.transaction.transaction_item_action_is_inbound(tp.get_action())
+                (inbound if is_inbound else outbound).append(tp.get_package())
+            check_transaction(installed, [_package(p) for p in outbound], [_package(p) for p in inbound])
         finally:
             rpm.delMacro("_dbpath")
         self._base, self._request, self._packages = base, request, inbound
@@ -122,8 +115,7 @@ class Dnf5Resolver:
         try:
             downloader.download()
         except Exception as e:
-            raise ResolveError(f"cannot download packages: {' '.join(str(e).split())}",
-                               hint="check that the repository is reachable and retry") from e
+            raise download_error(e) from e
         by_nevra = {str(_package(p)): Path(p.get_package_path()) for p in self._packages}
         paths = tuple(by_nevra[str(r.package)] for r in resolution.install)
         verify_downloads(resolution, paths, self._request.repos)

@@ -15,7 +15,19 @@ import hawkey
 import rpm
 
 from lulayer.errors import ResolveError
-from lulayer.layering.resolver import Backend, Progress, Resolution, ResolvedPackage, ResolveRequest
+from lulayer.layering.resolver import (
+    Backend,
+    Progress,
+    Resolution,
+    ResolvedPackage,
+    ResolveRequest,
+    check_spec,
+    check_transaction,
+    depsolve_error,
+    download_error,
+    metadata_error,
+    one_line,
+)
 from lulayer.layering.verify import verify_downloads
 from lulayer.rpmdb.db import Package
 
@@ -83,36 +95,22 @@ class DnfResolver:
             try:
                 base.fill_sack(load_system_repo=True, load_available_repos=True)
             except dnf.exceptions.RepoError as e:
-                raise ResolveError(f"cannot load repository metadata: {_first_line(e)}",
-                                   hint="check the baseurl in /etc/yum.repos.d and that it is reachable") from e
+                raise metadata_error(e) from e
             installed = {p.name for p in base.sack.query().installed()}
             for spec in request.install:
-                subj = dnf.subject.Subject(spec)
-                q = subj.get_best_query(base.sack, with_provides=True).available()
-                if not q:
-                    raise ResolveError(f"no package matches {spec!r} in the enabled repositories",
-                                       hint="check the name with `dnf --installroot=... list` or the repository")
-                names = {p.name for p in q}
-                if names <= installed:
-                    raise ResolveError(f"{spec!r} is already in the base image",
-                                       hint="only packages the base lacks can be layered")
+                matched = dnf.subject.Subject(spec).get_best_query(base.sack, with_provides=True).available()
+                check_spec(spec, {p.name for p in matched}, installed)
                 try:
                     base.install(spec)
                 except dnf.exceptions.MarkingError as e:
-                    raise ResolveError(f"cannot select {spec!r}: {_first_line(e)}") from e
+                    raise ResolveError(f"cannot select {spec!r}: {one_line(e)}") from e
             try:
                 base.resolve(allow_erasing=False)
             except dnf.exceptions.DepsolveError as e:
-                raise ResolveError(f"dependencies cannot be satisfied: {_first_line(e)}",
-                                   hint="the repository lacks what the package requires") from e
+                raise depsolve_error(e) from e
             trans = base.transaction
-            touched = [_package(p) for p in trans.remove_set]
-            touched += [_package(p) for p in trans.install_set if p.name in installed]
-            if touched:
-                raise ResolveError(
-                    "layering would replace base packages: " + ", ".join(str(p) for p in touched),
-                    hint="replacing base packages is not supported",
-                )
+            check_transaction(installed, [_package(p) for p in trans.remove_set],
+                              [_package(p) for p in trans.install_set])
             resolved = tuple(
                 ResolvedPackage(
                     package=_package(p),
@@ -136,8 +134,7 @@ class DnfResolver:
         try:
             base.download_packages(pkgs, _DownloadProgress(progress) if progress else None)
         except dnf.exceptions.DownloadError as e:
-            raise ResolveError(f"cannot download packages: {_first_line(e)}",
-                               hint="check that the repository is reachable and retry") from e
+            raise download_error(e) from e
         except dnf.exceptions.Error as e:
             # dnf checks the packages of local (file://) repositories itself and raises a
             # plain Error naming none of them: name the one that differs, as for a download.
@@ -149,7 +146,7 @@ class DnfResolver:
                                            hint="the repository metadata lists a package file that is gone: "
                                                 "regenerate or fix the repository") from e
                 verify_downloads(resolution, local, self._request.repos)
-            raise ResolveError(f"cannot use the downloaded packages: {_first_line(e)}",
+            raise ResolveError(f"cannot use the downloaded packages: {one_line(e)}",
                                hint="the repository or the cache is corrupt: run `lulayer cleanup --repomd` "
                                     "or fix the repository") from e
         by_nevra = {str(_package(p)): Path(p.localPkg()) for p in pkgs}
@@ -167,11 +164,6 @@ def _ordered(pkgs: list[Any], resolution: Resolution) -> list[Any]:
 def _hawkey_chksum(p: Any) -> str:
     kind, value = p.chksum
     return f"{hawkey.chksum_name(kind)}:{value.hex()}"
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return " ".join(text.split())
 
 
 def _quiet_dnf() -> None:

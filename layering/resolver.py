@@ -1,4 +1,4 @@
-"""Dependency resolution behind one small interface.
+"""Dependency resolution behind one small interface, and the rules both backends follow.
 
 Two backends implement it: libdnf5 (python3-libdnf5, Fedora 41 and later) and
 dnf (python3-dnf on libdnf, what Debian has). `make_resolver` picks the first
@@ -6,13 +6,17 @@ that imports. Both resolve against the repositories of the booted
 deployment's /etc/yum.repos.d, with the installed set read from a private copy
 of the base tree's rpmdb, and cache metadata and RPMs under the sysroot's
 /var/cache.
+
+What lulayer decides is written once, here, on plain data: the backends only
+turn their library's objects into names and packages and call the rules
+(`check_spec`, `check_transaction`).
 """
 
 from __future__ import annotations
 
 import configparser
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence, Set
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path, PurePosixPath
@@ -168,3 +172,47 @@ def read_repo_configs(root: Path, releasever: str) -> tuple[RepoConfig, ...]:
 
 def split_specs(specs: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(s.strip() for s in specs if s.strip()))
+
+
+# --------------------------------------------------------------------------- the rules
+
+
+def one_line(e: BaseException | str) -> str:
+    """What a library says, on one line."""
+    text = str(e).strip() or (type(e).__name__ if isinstance(e, BaseException) else "")
+    return " ".join(text.split())
+
+
+def check_spec(spec: str, matched: Set[str], installed: Set[str]) -> None:
+    """Refuse a spec that names nothing available (`matched`: the names it matched), or only base packages."""
+    if not matched:
+        raise ResolveError(f"no package matches {spec!r} in the enabled repositories",
+                           hint="check the name with `dnf --installroot=... list` or the repository")
+    if matched <= installed:
+        raise ResolveError(f"{spec!r} is already in the base image",
+                           hint="only packages the base lacks can be layered")
+
+
+def check_transaction(installed: Set[str], removes: Iterable[Package], installs: Iterable[Package]) -> None:
+    """Refuse a transaction that would remove or replace a package of the base: layering only adds."""
+    touched = [*removes, *(p for p in installs if p.name in installed)]
+    if touched:
+        raise ResolveError(
+            "layering would replace base packages: " + ", ".join(str(p) for p in touched),
+            hint="replacing base packages is not supported",
+        )
+
+
+def metadata_error(detail: str | BaseException) -> ResolveError:
+    return ResolveError(f"cannot load repository metadata: {one_line(detail)}",
+                        hint="check the baseurl in /etc/yum.repos.d and that it is reachable")
+
+
+def depsolve_error(detail: str | BaseException) -> ResolveError:
+    return ResolveError(f"dependencies cannot be satisfied: {one_line(detail)}",
+                        hint="the repository lacks what the package requires")
+
+
+def download_error(detail: str | BaseException) -> ResolveError:
+    return ResolveError(f"cannot download packages: {one_line(detail)}",
+                        hint="check that the repository is reachable and retry")
