@@ -38,10 +38,6 @@ class _DownloadProgress(dnf.callback.DownloadProgress):  # type: ignore[misc]
     def __init__(self, progress: Progress) -> None:
         super().__init__()
         self._progress = progress
-        self._sizes: dict[str, int] = {}
-
-    def start(self, total_files: int, total_size: int, total_drpms: int = 0) -> None:
-        self._total = total_size
 
     def progress(self, payload: Any, done: int) -> None:
         self._progress(str(payload), done, int(payload.download_size or 0))
