@@ -16,13 +16,18 @@ from lulayer.errors import ResolveError
 from lulayer.layering.resolver import (
     Backend,
     Progress,
+    RepoConfig,
+    RepoConfigTree,
     Resolution,
     ResolvedPackage,
     ResolveRequest,
+    check_repo_files,
+    check_repos,
     check_spec,
     check_transaction,
     depsolve_error,
     download_error,
+    invalid_repo_config,
     metadata_error,
 )
 from lulayer.layering.verify import verify_downloads
@@ -38,41 +43,51 @@ def _checksum(p: Any) -> str:
     return f"{c.get_type_str()}:{c.get_checksum()}"
 
 
+class _LogRecords(libdnf5.logger.Logger):  # type: ignore[misc]
+    """What libdnf5 logs as a warning or worse while it is being listened to."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.listening = False
+        self.messages: list[str] = []
+
+    def write(self, time: Any, pid: int, level: int, message: str) -> None:
+        if self.listening and level <= libdnf5.logger.Logger.Level_WARNING:
+            self.messages.append(message)
+
+
 class Dnf5Resolver:
     backend = Backend.DNF5
 
     def __init__(self) -> None:
         self._base: Any = None
-        self._request: ResolveRequest | None = None
         self._packages: list[Any] = []
+        # libdnf5 calls this Python object back for as long as the base lives: keep it with it.
+        self._log_records: Any = None
 
     def resolve(self, request: ResolveRequest) -> Resolution:
         base = libdnf5.base.Base()
+        log_records = _LogRecords()
+        base.get_logger().add_logger(libdnf5.logger.LoggerUniquePtr(log_records))
+        self._log_records = log_records
         conf = base.get_config()
         cache = request.cache_dir / "dnf5"
-        conf.config_file_path = "/dev/null"
         conf.installroot = str(request.installed_root)
         conf.cachedir = str(cache / "cache")
         conf.system_cachedir = str(cache / "cache")
         conf.persistdir = str(cache / "persist")
         conf.system_state_dir = str(cache / "state")
-        conf.reposdir = []
+        conf.plugins = False  # the host's libdnf5 plugins have no say in the tree's image
         conf.install_weak_deps = False
         conf.pkg_gpgcheck = False  # checked by verify_downloads, with the tree's keys
+        # Set at runtime priority, above the command line's: Base.setup() neither prefixes the
+        # installroot (the rpmdb snapshot) to these nor loads vars from it.
+        conf.reposdir = [str(request.repos.path(d)) for d in conf.reposdir]
+        conf.varsdir = [str(request.repos.path(d)) for d in conf.varsdir]
         base.get_vars().set("releasever", request.releasever)
         base.setup()
         sack = base.get_repo_sack()
-        for r in request.repos:
-            repo = sack.create_repo(r.id)
-            rc = repo.get_config()
-            rc.name = r.name
-            if r.baseurls:
-                rc.baseurl = list(r.baseurls)
-            if r.metalink:
-                rc.metalink = r.metalink
-            if r.mirrorlist:
-                rc.mirrorlist = r.mirrorlist
-            rc.skip_if_unavailable = False
+        repos = _read_repos(base, request.repos, log_records)
         rpm.addMacro("_dbpath", str(request.dbpath))
         try:
             try:
@@ -100,14 +115,14 @@ class Dnf5Resolver:
             check_transaction(installed, [_package(p) for p in outbound], [_package(p) for p in inbound])
         finally:
             rpm.delMacro("_dbpath")
-        self._base, self._request, self._packages = base, request, inbound
+        self._base, self._packages = base, inbound
         resolved = tuple(
             ResolvedPackage(_package(p), p.get_repo_id(), p.get_location(), _checksum(p)) for p in inbound
         )
-        return Resolution(install=tuple(sorted(resolved, key=lambda r: r.package)))
+        return Resolution(install=tuple(sorted(resolved, key=lambda r: r.package)), repos=repos)
 
     def download(self, resolution: Resolution, progress: Progress | None = None) -> tuple[Path, ...]:
-        if self._base is None or self._request is None:
+        if self._base is None:
             raise ResolveError("download() needs a resolve() first")
         downloader = libdnf5.repo.PackageDownloader(self._base)
         for p in self._packages:
@@ -118,5 +133,45 @@ class Dnf5Resolver:
             raise download_error(e) from e
         by_nevra = {str(_package(p)): Path(p.get_package_path()) for p in self._packages}
         paths = tuple(by_nevra[str(r.package)] for r in resolution.install)
-        verify_downloads(resolution, paths, self._request.repos)
+        verify_downloads(resolution, paths)
         return paths
+
+
+def _read_repos(base: Any, tree: RepoConfigTree, log_records: _LogRecords) -> tuple[RepoConfig, ...]:
+    """Read the configured reposdirs (in tree) into base, as `dnf5 --installroot=TREE` does, and report the
+    enabled repositories; refuse a configuration libdnf5 read only in part or that names no source."""
+    sack = base.get_repo_sack()
+    sections: dict[str, list[str]] = {}
+    for reposdir in base.get_config().reposdir:
+        for path in sorted(Path(reposdir).glob("*.repo")):
+            parser = libdnf5.conf.ConfigParser()
+            try:
+                parser.read(str(path))
+            except Exception as e:  # libdnf5's ConfigParserError and its kin
+                raise invalid_repo_config(e) from e
+            sections[str(path)] = [base.get_vars().substitute(s) for s in parser.get_data() if s != "main"]
+    log_records.listening = True
+    try:
+        sack.create_repos_from_reposdir()
+    except Exception as e:  # an id libdnf5 refuses
+        raise invalid_repo_config(e) from e
+    finally:
+        log_records.listening = False
+    # libdnf5 logs an invalid value (which it ignores) as a warning, a repeated id as an error.
+    everything = libdnf5.repo.RepoQuery(base)
+    check_repo_files(sections, {r.get_id() for r in everything}, errors=log_records.messages)
+    enabled = libdnf5.repo.RepoQuery(base)
+    enabled.filter_enabled(True)
+    enabled.filter_type(libdnf5.repo.Repo.Type_AVAILABLE)
+    repos = []
+    for repo in sorted(enabled, key=lambda r: r.get_id()):
+        rc = repo.get_config()
+        # Also for repo_gpgcheck, which libdnf5 does itself.
+        rc.gpgkey = [tree.key_url(url) for url in rc.gpgkey]
+        repos.append(RepoConfig(
+            id=repo.get_id(), repofile=repo.get_repo_file_path(), baseurls=tuple(rc.baseurl),
+            metalink=rc.metalink or None, mirrorlist=rc.mirrorlist or None, gpgcheck=bool(rc.pkg_gpgcheck),
+            gpgkeys=tuple(rc.gpgkey),
+        ))
+    check_repos(tree, repos)
+    return tuple(repos)

@@ -32,8 +32,10 @@ def file_digest(path: Path, kind: str) -> str:
     return h.hexdigest()
 
 
-def verify_downloads(resolution: Resolution, paths: Sequence[Path], repos: Sequence[RepoConfig]) -> None:
-    by_id = {r.id: r for r in repos}
+def verify_downloads(resolution: Resolution, paths: Sequence[Path]) -> None:
+    """Refuse any of paths (the files of resolution.install, in order) whose digest differs from the metadata's,
+    that its repository's keys did not sign (gpgcheck=1), or whose payload no image may take."""
+    by_id = {r.id: r for r in resolution.repos}
     for resolved, path in zip(resolution.install, paths, strict=True):
         kind, _, expected = resolved.checksum.partition(":")
         if kind not in _HASHES:
@@ -45,9 +47,8 @@ def verify_downloads(resolution: Resolution, paths: Sequence[Path], repos: Seque
                 f"expected {expected[:16]}...)",
                 hint="the repository or the cache is corrupt: run `lulayer cleanup --repomd` or fix the repository",
             )
-        repo = by_id.get(resolved.repo_id)
-        if repo is not None and repo.gpgcheck:
-            check_signature(path, repo)
+        if by_id[resolved.repo_id].gpgcheck:
+            check_signature(path, by_id[resolved.repo_id])
         check_payload(path)
 
 
@@ -85,7 +86,7 @@ def _key_paths(repo: RepoConfig) -> list[Path]:
     keys: list[Path] = []
     for url in repo.gpgkeys:
         parsed = urlparse(url)
-        if parsed.scheme not in ("", "file"):
+        if parsed.scheme != "file":
             raise ResolveError(f"repository {repo.id!r}: gpgkey {url} is not a local file",
                                hint="ship the key in the image and use a file:// URL")
         keys.append(Path(parsed.path))

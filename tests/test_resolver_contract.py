@@ -18,7 +18,7 @@ from fixtures import build as fixtures_build
 from lulayer.errors import ResolveError
 from lulayer.layering.resolver import (
     Backend,
-    RepoConfig,
+    RepoConfigTree,
     Resolution,
     Resolver,
     ResolveRequest,
@@ -52,10 +52,15 @@ def base_root() -> Iterator[tuple[Path, PurePosixPath]]:
 
 
 def request_for(base_root: tuple[Path, PurePosixPath], repo: Path, cache: Path, *names: str) -> ResolveRequest:
+    """A request against a tree whose /etc/yum.repos.d names only REPO."""
     root, dbpath = base_root
+    tree = cache.parent / "tree"
+    repo_file = tree / fixtures_build.REPO_FILE
+    repo_file.parent.mkdir(parents=True, exist_ok=True)
+    repo_file.write_text(f"[{fixtures_build.REPO_ID}]\nname=lulayer fixtures\nbaseurl=file://{repo}\n")
     return ResolveRequest(
         installed_root=root, dbpath=dbpath, cache_dir=cache, releasever="41", install=names,
-        repos=(RepoConfig(id=fixtures_build.REPO_ID, name="lulayer fixtures", baseurls=(f"file://{repo}",)),),
+        repos=RepoConfigTree(tree),
     )
 
 
@@ -102,6 +107,20 @@ def test_unsatisfiable_dependency_raises_resolve_error(resolver: Resolver, base_
                                                        fixture_repo: Path, tmp_path: Path) -> None:
     with pytest.raises(ResolveError, match="no-such-capability"):
         resolver.resolve(request_for(base_root, fixture_repo, tmp_path / "cache", "needs-missing"))
+
+
+def test_resolution_names_the_enabled_repositories(resolver: Resolver, base_root: tuple[Path, PurePosixPath],
+                                                   fixture_repo: Path, tmp_path: Path) -> None:
+    resolution = resolver.resolve(request_for(base_root, fixture_repo, tmp_path / "cache", "htop"))
+    assert [(r.id, r.baseurls, r.gpgcheck) for r in resolution.repos] == [
+        (fixtures_build.REPO_ID, (f"file://{fixture_repo}",), False)]
+
+
+def test_package_of_the_base_raises_resolve_error(resolver: Resolver, base_root: tuple[Path, PurePosixPath],
+                                                  tmp_path: Path) -> None:
+    repo = fixtures_build.make_repo(tmp_path / "repo", [fixtures_build.rpm_path("busybox")])
+    with pytest.raises(ResolveError, match="'busybox' is already in the base image"):
+        resolver.resolve(request_for(base_root, repo, tmp_path / "cache", "busybox"))
 
 
 def test_every_backend_is_reported() -> None:
