@@ -56,20 +56,41 @@ class _LogRecords(libdnf5.logger.Logger):  # type: ignore[misc]
             self.messages.append(message)
 
 
+class _DownloadProgress(libdnf5.repo.DownloadCallbacks):  # type: ignore[misc]
+    def __init__(self, progress: Progress) -> None:
+        super().__init__()
+        self._progress = progress
+        self._downloads: list[tuple[str, int]] = []  # (description, total bytes); the index is libdnf5's handle
+
+    def add_new_download(self, user_data: int, description: str, total_to_download: float) -> int:
+        self._downloads.append((description, int(total_to_download)))
+        return len(self._downloads) - 1
+
+    def progress(self, user_cb_data: int, total_to_download: float, downloaded: float) -> int:
+        self._progress(self._downloads[user_cb_data][0], int(downloaded), int(total_to_download))
+        return 0
+
+    def end(self, user_cb_data: int, status: int, msg: str | None) -> int:
+        description, total = self._downloads[user_cb_data]
+        if status != libdnf5.repo.DownloadCallbacks.TransferStatus_ERROR:
+            self._progress(description, total, total)
+        return 0
+
+
 class Dnf5Resolver:
     backend = Backend.DNF5
 
     def __init__(self) -> None:
         self._base: Any = None
         self._packages: list[Any] = []
-        # libdnf5 calls this Python object back for as long as the base lives: keep it with it.
-        self._log_records: Any = None
+        # libdnf5 calls these Python objects back for as long as the base lives: keep them with it.
+        self._listeners: list[Any] = []
 
     def resolve(self, request: ResolveRequest) -> Resolution:
         base = libdnf5.base.Base()
         log_records = _LogRecords()
         base.get_logger().add_logger(libdnf5.logger.LoggerUniquePtr(log_records))
-        self._log_records = log_records
+        self._listeners = [log_records]
         conf = base.get_config()
         cache = request.cache_dir / "dnf5"
         conf.installroot = str(request.installed_root)
@@ -124,6 +145,10 @@ class Dnf5Resolver:
     def download(self, resolution: Resolution, progress: Progress | None = None) -> tuple[Path, ...]:
         if self._base is None:
             raise ResolveError("download() needs a resolve() first")
+        if progress is not None:
+            callbacks = _DownloadProgress(progress)
+            self._listeners.append(callbacks)
+            self._base.set_download_callbacks(libdnf5.repo.DownloadCallbacksUniquePtr(callbacks))
         downloader = libdnf5.repo.PackageDownloader(self._base)
         for p in self._packages:
             downloader.add(p)
