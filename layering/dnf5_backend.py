@@ -90,7 +90,7 @@ class Dnf5Resolver:
         base = libdnf5.base.Base()
         log_records = _LogRecords()
         base.get_logger().add_logger(libdnf5.logger.LoggerUniquePtr(log_records))
-        self._listeners = [log_records]
+        self._listeners.append(log_records)
         conf = base.get_config()
         cache = request.cache_dir / "dnf5"
         conf.installroot = str(request.installed_root)
