@@ -13,7 +13,23 @@ import libdnf5
 import rpm
 
 from lulayer.errors import ResolveError
-from lulayer.layering.resolver import Backend, Progress, Resolution, ResolvedPackage, ResolveRequest
+from lulayer.layering.resolver import (
+    Backend,
+    Progress,
+    RepoConfig,
+    RepoConfigTree,
+    Resolution,
+    ResolvedPackage,
+    ResolveRequest,
+    check_repo_files,
+    check_repos,
+    check_spec,
+    check_transaction,
+    depsolve_error,
+    download_error,
+    invalid_repo_config,
+    metadata_error,
+)
 from lulayer.layering.verify import verify_downloads
 from lulayer.rpmdb.model import Package
 
@@ -27,104 +43,160 @@ def _checksum(p: Any) -> str:
     return f"{c.get_type_str()}:{c.get_checksum()}"
 
 
+class _LogRecords(libdnf5.logger.Logger):  # type: ignore[misc]
+    """What libdnf5 logs as a warning or worse while it is being listened to."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.listening = False
+        self.messages: list[str] = []
+
+    def write(self, time: Any, pid: int, level: int, message: str) -> None:
+        if self.listening and level <= libdnf5.logger.Logger.Level_WARNING:
+            self.messages.append(message)
+
+
+class _DownloadProgress(libdnf5.repo.DownloadCallbacks):  # type: ignore[misc]
+    def __init__(self, progress: Progress) -> None:
+        super().__init__()
+        self._progress = progress
+        self._downloads: list[tuple[str, int]] = []  # (description, total bytes); the index is libdnf5's handle
+
+    def add_new_download(self, user_data: int, description: str, total_to_download: float) -> int:
+        self._downloads.append((description, int(total_to_download)))
+        return len(self._downloads) - 1
+
+    def progress(self, user_cb_data: int, total_to_download: float, downloaded: float) -> int:
+        self._progress(self._downloads[user_cb_data][0], int(downloaded), int(total_to_download))
+        return 0
+
+    def end(self, user_cb_data: int, status: int, msg: str | None) -> int:
+        description, total = self._downloads[user_cb_data]
+        if status != libdnf5.repo.DownloadCallbacks.TransferStatus_ERROR:
+            self._progress(description, total, total)
+        return 0
+
+
 class Dnf5Resolver:
     backend = Backend.DNF5
 
     def __init__(self) -> None:
         self._base: Any = None
-        self._request: ResolveRequest | None = None
         self._packages: list[Any] = []
+        # libdnf5 calls these Python objects back for as long as the base lives: keep them with it.
+        self._listeners: list[Any] = []
 
     def resolve(self, request: ResolveRequest) -> Resolution:
         base = libdnf5.base.Base()
+        log_records = _LogRecords()
+        base.get_logger().add_logger(libdnf5.logger.LoggerUniquePtr(log_records))
+        self._listeners.append(log_records)
         conf = base.get_config()
         cache = request.cache_dir / "dnf5"
-        conf.config_file_path = "/dev/null"
         conf.installroot = str(request.installed_root)
         conf.cachedir = str(cache / "cache")
         conf.system_cachedir = str(cache / "cache")
         conf.persistdir = str(cache / "persist")
         conf.system_state_dir = str(cache / "state")
-        conf.reposdir = []
+        conf.plugins = False  # the host's libdnf5 plugins have no say in the tree's image
         conf.install_weak_deps = False
         conf.pkg_gpgcheck = False  # checked by verify_downloads, with the tree's keys
+        # Set at runtime priority, above the command line's: Base.setup() neither prefixes the
+        # installroot (the rpmdb snapshot) to these nor loads vars from it.
+        conf.reposdir = [str(request.repos.path(d)) for d in conf.reposdir]
+        conf.varsdir = [str(request.repos.path(d)) for d in conf.varsdir]
         base.get_vars().set("releasever", request.releasever)
         base.setup()
         sack = base.get_repo_sack()
-        for r in request.repos:
-            repo = sack.create_repo(r.id)
-            rc = repo.get_config()
-            rc.name = r.name
-            if r.baseurls:
-                rc.baseurl = list(r.baseurls)
-            if r.metalink:
-                rc.metalink = r.metalink
-            if r.mirrorlist:
-                rc.mirrorlist = r.mirrorlist
-            rc.skip_if_unavailable = False
+        repos = _read_repos(base, request.repos, log_records)
         rpm.addMacro("_dbpath", str(request.dbpath))
         try:
             try:
                 sack.load_repos()
             except Exception as e:  # libdnf5 raises its own RuntimeError subclasses
-                raise ResolveError(f"cannot load repository metadata: {' '.join(str(e).split())}",
-                                   hint="check the baseurl in /etc/yum.repos.d and that it is reachable") from e
+                raise metadata_error(e) from e
             installed_q = libdnf5.rpm.PackageQuery(base)
             installed_q.filter_installed()
             installed = {p.get_name() for p in installed_q}
             goal = libdnf5.base.Goal(base)
             for spec in request.install:
-                q = libdnf5.rpm.PackageQuery(base)
-                q.filter_available()
-                q.resolve_pkg_spec(spec, libdnf5.base.ResolveSpecSettings(), False)
-                names = {p.get_name() for p in q}
-                if not names:
-                    raise ResolveError(f"no package matches {spec!r} in the enabled repositories",
-                                       hint="check the name and the repository")
-                if names <= installed:
-                    raise ResolveError(f"{spec!r} is already in the base image",
-                                       hint="only packages the base lacks can be layered")
+                matched = libdnf5.rpm.PackageQuery(base)
+                matched.filter_available()
+                matched.resolve_pkg_spec(spec, libdnf5.base.ResolveSpecSettings(), False)
+                check_spec(spec, {p.get_name() for p in matched}, installed)
                 goal.add_rpm_install(spec)
             trans = goal.resolve()
             if trans.get_problems() != libdnf5.base.GoalProblem_NO_PROBLEM:
-                logs = " ".join(" ".join(trans.get_resolve_logs_as_strings()).split())
-                raise ResolveError(f"dependencies cannot be satisfied: {logs}",
-                                   hint="the repository lacks what the package requires")
+                raise depsolve_error(" ".join(trans.get_resolve_logs_as_strings()))
             inbound: list[Any] = []
-            touched: list[Package] = []
+            outbound: list[Any] = []
             for tp in trans.get_transaction_packages():
-                pkg = tp.get_package()
-                if libdnf5.base.transaction.transaction_item_action_is_inbound(tp.get_action()):
-                    inbound.append(pkg)
-                    if pkg.get_name() in installed:
-                        touched.append(_package(pkg))
-                else:
-                    touched.append(_package(pkg))
-            if touched:
-                raise ResolveError(
-                    "layering would replace base packages: " + ", ".join(str(p) for p in touched),
-                    hint="replacing base packages is not supported",
-                )
+                is_inbound = libdnf5.base.transaction.transaction_item_action_is_inbound(tp.get_action())
+                (inbound if is_inbound else outbound).append(tp.get_package())
+            check_transaction(installed, [_package(p) for p in outbound], [_package(p) for p in inbound])
         finally:
             rpm.delMacro("_dbpath")
-        self._base, self._request, self._packages = base, request, inbound
+        self._base, self._packages = base, inbound
         resolved = tuple(
             ResolvedPackage(_package(p), p.get_repo_id(), p.get_location(), _checksum(p)) for p in inbound
         )
-        return Resolution(install=tuple(sorted(resolved, key=lambda r: r.package)))
+        return Resolution(install=tuple(sorted(resolved, key=lambda r: r.package)), repos=repos)
 
     def download(self, resolution: Resolution, progress: Progress | None = None) -> tuple[Path, ...]:
-        if self._base is None or self._request is None:
+        if self._base is None:
             raise ResolveError("download() needs a resolve() first")
+        if progress is not None:
+            callbacks = _DownloadProgress(progress)
+            self._listeners.append(callbacks)
+            self._base.set_download_callbacks(libdnf5.repo.DownloadCallbacksUniquePtr(callbacks))
         downloader = libdnf5.repo.PackageDownloader(self._base)
         for p in self._packages:
             downloader.add(p)
         try:
             downloader.download()
         except Exception as e:
-            raise ResolveError(f"cannot download packages: {' '.join(str(e).split())}",
-                               hint="check that the repository is reachable and retry") from e
+            raise download_error(e) from e
         by_nevra = {str(_package(p)): Path(p.get_package_path()) for p in self._packages}
         paths = tuple(by_nevra[str(r.package)] for r in resolution.install)
-        verify_downloads(resolution, paths, self._request.repos)
+        verify_downloads(resolution, paths)
         return paths
+
+
+def _read_repos(base: Any, tree: RepoConfigTree, log_records: _LogRecords) -> tuple[RepoConfig, ...]:
+    """Read the configured reposdirs (in tree) into base, as `dnf5 --installroot=TREE` does, and report the
+    enabled repositories; refuse a configuration libdnf5 read only in part or that names no source."""
+    sack = base.get_repo_sack()
+    sections: dict[str, list[str]] = {}
+    for reposdir in base.get_config().reposdir:
+        for path in sorted(Path(reposdir).glob("*.repo")):
+            parser = libdnf5.conf.ConfigParser()
+            try:
+                parser.read(str(path))
+            except Exception as e:  # libdnf5's ConfigParserError and its kin
+                raise invalid_repo_config(e) from e
+            sections[str(path)] = [base.get_vars().substitute(s) for s in parser.get_data() if s != "main"]
+    log_records.listening = True
+    try:
+        sack.create_repos_from_reposdir()
+    except Exception as e:  # an id libdnf5 refuses
+        raise invalid_repo_config(e) from e
+    finally:
+        log_records.listening = False
+    # libdnf5 logs an invalid value (which it ignores) as a warning, a repeated id as an error.
+    everything = libdnf5.repo.RepoQuery(base)
+    check_repo_files(sections, {r.get_id() for r in everything}, errors=log_records.messages)
+    enabled = libdnf5.repo.RepoQuery(base)
+    enabled.filter_enabled(True)
+    enabled.filter_type(libdnf5.repo.Repo.Type_AVAILABLE)
+    repos = []
+    for repo in sorted(enabled, key=lambda r: r.get_id()):
+        rc = repo.get_config()
+        # Also for repo_gpgcheck, which libdnf5 does itself.
+        rc.gpgkey = [tree.key_url(url) for url in rc.gpgkey]
+        repos.append(RepoConfig(
+            id=repo.get_id(), repofile=repo.get_repo_file_path(), baseurls=tuple(rc.baseurl),
+            metalink=rc.metalink or None, mirrorlist=rc.mirrorlist or None, gpgcheck=bool(rc.pkg_gpgcheck),
+            gpgkeys=tuple(rc.gpgkey),
+        ))
+    check_repos(tree, repos)
+    return tuple(repos)

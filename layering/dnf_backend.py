@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -12,10 +14,28 @@ import dnf.callback
 import dnf.exceptions
 import dnf.subject
 import hawkey
+import libdnf.conf  # type: ignore[import-untyped]
 import rpm
 
 from lulayer.errors import ResolveError
-from lulayer.layering.resolver import Backend, Progress, Resolution, ResolvedPackage, ResolveRequest
+from lulayer.layering.resolver import (
+    Backend,
+    Progress,
+    RepoConfig,
+    RepoConfigTree,
+    Resolution,
+    ResolvedPackage,
+    ResolveRequest,
+    check_repo_files,
+    check_repos,
+    check_spec,
+    check_transaction,
+    depsolve_error,
+    download_error,
+    invalid_repo_config,
+    metadata_error,
+    one_line,
+)
 from lulayer.layering.verify import verify_downloads
 from lulayer.rpmdb.model import Package
 
@@ -26,10 +46,6 @@ class _DownloadProgress(dnf.callback.DownloadProgress):  # type: ignore[misc]
     def __init__(self, progress: Progress) -> None:
         super().__init__()
         self._progress = progress
-        self._sizes: dict[str, int] = {}
-
-    def start(self, total_files: int, total_size: int, total_drpms: int = 0) -> None:
-        self._total = total_size
 
     def progress(self, payload: Any, done: int) -> None:
         self._progress(str(payload), done, int(payload.download_size or 0))
@@ -48,7 +64,6 @@ class DnfResolver:
 
     def __init__(self) -> None:
         self._base: Any = None
-        self._request: ResolveRequest | None = None
 
     def _make_base(self, request: ResolveRequest) -> Any:
         base = dnf.Base()
@@ -60,105 +75,147 @@ class DnfResolver:
         conf.cachedir = str(cache / "cache")
         conf.persistdir = str(cache / "persist")
         conf.logdir = str(cache / "log")
-        conf.reposdir = []
-        conf.substitutions["releasever"] = request.releasever
+        conf.config_file_path = "/dev/null"  # not the host's dnf.conf, whose repositories read_all_repos would add
         conf.assumeyes = True
         conf.install_weak_deps = False
         conf.gpgcheck = False  # signatures are checked by verify_downloads, with the tree's keys
-        for r in request.repos:
-            repo = base.repos.add_new_repo(r.id, conf, baseurl=list(r.baseurls))
-            repo.name = r.name
-            if r.metalink:
-                repo.metalink = r.metalink
-            if r.mirrorlist:
-                repo.mirrorlist = r.mirrorlist
-            repo.skip_if_unavailable = False
         return base
 
     def resolve(self, request: ResolveRequest) -> Resolution:
         base = self._make_base(request)
+        repos = _read_repos(base, request.repos, request.releasever)
         # dnf.Base() reloads rpm's configuration: point %_dbpath at the tree only now.
         rpm.addMacro("_dbpath", str(request.dbpath))
         try:
             try:
                 base.fill_sack(load_system_repo=True, load_available_repos=True)
             except dnf.exceptions.RepoError as e:
-                raise ResolveError(f"cannot load repository metadata: {_first_line(e)}",
-                                   hint="check the baseurl in /etc/yum.repos.d and that it is reachable") from e
+                raise metadata_error(e) from e
             installed = {p.name for p in base.sack.query().installed()}
             for spec in request.install:
-                subj = dnf.subject.Subject(spec)
-                q = subj.get_best_query(base.sack, with_provides=True).available()
-                if not q:
-                    raise ResolveError(f"no package matches {spec!r} in the enabled repositories",
-                                       hint="check the name with `dnf --installroot=... list` or the repository")
-                names = {p.name for p in q}
-                if names <= installed:
-                    raise ResolveError(f"{spec!r} is already in the base image",
-                                       hint="only packages the base lacks can be layered")
+                matched = dnf.subject.Subject(spec).get_best_query(base.sack, with_provides=True).available()
+                check_spec(spec, {p.name for p in matched}, installed)
                 try:
                     base.install(spec)
                 except dnf.exceptions.MarkingError as e:
-                    raise ResolveError(f"cannot select {spec!r}: {_first_line(e)}") from e
+                    raise ResolveError(f"cannot select {spec!r}: {one_line(e)}") from e
             try:
                 base.resolve(allow_erasing=False)
             except dnf.exceptions.DepsolveError as e:
-                raise ResolveError(f"dependencies cannot be satisfied: {_first_line(e)}",
-                                   hint="the repository lacks what the package requires") from e
+                raise depsolve_error(e) from e
             trans = base.transaction
-            touched = [_package(p) for p in trans.remove_set]
-            touched += [_package(p) for p in trans.install_set if p.name in installed]
-            if touched:
-                raise ResolveError(
-                    "layering would replace base packages: " + ", ".join(str(p) for p in touched),
-                    hint="replacing base packages is not supported",
-                )
+            check_transaction(installed, [_package(p) for p in trans.remove_set],
+                              [_package(p) for p in trans.install_set])
             resolved = tuple(
-                ResolvedPackage(
-                    package=_package(p),
-                    repo_id=p.reponame,
-                    location=p.location,
-                    checksum=_hawkey_chksum(p),
-                )
+                ResolvedPackage(package=_package(p), repo_id=p.reponame, location=p.location,
+                                checksum=_hawkey_chksum(p))
                 for p in trans.install_set
             )
         finally:
             rpm.delMacro("_dbpath")
         self._base = base
-        self._request = request
-        return Resolution(install=tuple(sorted(resolved, key=lambda r: r.package)))
+        return Resolution(install=tuple(sorted(resolved, key=lambda r: r.package)), repos=repos)
 
     def download(self, resolution: Resolution, progress: Progress | None = None) -> tuple[Path, ...]:
-        if self._base is None or self._request is None:
+        if self._base is None:
             raise ResolveError("download() needs a resolve() first")
         base = self._base
-        pkgs = list(base.transaction.install_set)
+        pkgs = _ordered(base.transaction.install_set, resolution)
         try:
             base.download_packages(pkgs, _DownloadProgress(progress) if progress else None)
         except dnf.exceptions.DownloadError as e:
-            raise ResolveError(f"cannot download packages: {_first_line(e)}",
-                               hint="check that the repository is reachable and retry") from e
+            raise download_error(e) from e
         except dnf.exceptions.Error as e:
             # dnf checks the packages of local (file://) repositories itself and raises a
             # plain Error naming none of them: name the one that differs, as for a download.
             if all(p._is_local_pkg() for p in pkgs):
-                local = tuple(Path(p.localPkg()) for p in _ordered(pkgs, resolution))
+                local = tuple(Path(p.localPkg()) for p in pkgs)
                 for path in local:
                     if not path.is_file():
                         raise ResolveError(f"{path} is missing from its repository",
                                            hint="the repository metadata lists a package file that is gone: "
                                                 "regenerate or fix the repository") from e
-                verify_downloads(resolution, local, self._request.repos)
-            raise ResolveError(f"cannot use the downloaded packages: {_first_line(e)}",
+                verify_downloads(resolution, local)
+            raise ResolveError(f"cannot use the downloaded packages: {one_line(e)}",
                                hint="the repository or the cache is corrupt: run `lulayer cleanup --repomd` "
                                     "or fix the repository") from e
-        by_nevra = {str(_package(p)): Path(p.localPkg()) for p in pkgs}
-        paths = tuple(by_nevra[str(r.package)] for r in resolution.install)
-        verify_downloads(resolution, paths, self._request.repos)
+        paths = tuple(Path(p.localPkg()) for p in pkgs)
+        verify_downloads(resolution, paths)
         return paths
 
 
-def _ordered(pkgs: list[Any], resolution: Resolution) -> list[Any]:
+def _read_repos(base: Any, tree: RepoConfigTree, releasever: str) -> tuple[RepoConfig, ...]:
+    """Read tree's repository configuration into base, as `dnf --installroot=TREE` does, and report
+    the enabled repositories; refuse a configuration dnf read only in part or that names no source."""
+    conf = base.conf
+    conf.reposdir = [str(tree.path(d)) for d in conf.reposdir]
+    conf.varsdir = [str(tree.path(d)) for d in conf.varsdir]
+    conf.substitutions.update_from_etc("/", varsdir=conf.varsdir)
+    conf.releasever = releasever
+    sections = _repo_sections(conf)
+    with _dnf_log() as records:
+        base.read_all_repos()
+    # dnf logs an invalid value (which it replaces by the default) as an error; a section it skips
+    # (a bad id), and the "missing name" it lets pass, as warnings.
+    check_repo_files(sections, {r.id for r in base.repos.all()},
+                     errors=[r.getMessage() for r in records if r.levelno >= logging.ERROR],
+                     warnings=[r.getMessage() for r in records if r.levelno < logging.ERROR])
+    repos = []
+    for repo in sorted(base.repos.iter_enabled(), key=lambda r: r.id):
+        repo.gpgkey = [tree.key_url(url) for url in repo.gpgkey]  # also for repo_gpgcheck, which dnf does itself
+        repos.append(RepoConfig(
+            id=repo.id, repofile=repo.repofile, baseurls=tuple(repo.baseurl), metalink=repo.metalink or None,
+            mirrorlist=repo.mirrorlist or None, gpgcheck=bool(repo.gpgcheck), gpgkeys=tuple(repo.gpgkey),
+        ))
+    check_repos(tree, repos)
+    return tuple(repos)
+
+
+def _repo_sections(conf: Any) -> dict[str, list[str]]:
+    """The repository ids of each .repo file dnf will read, with dnf's parser: one it cannot parse is
+    refused here (dnf would skip it with a warning)."""
+    sections: dict[str, list[str]] = {}
+    for reposdir in conf.reposdir:
+        for path in sorted(Path(reposdir).glob("*.repo")):
+            parser = libdnf.conf.ConfigParser()
+            parser.setSubstitutions(conf.substitutions)
+            try:
+                parser.read(str(path))
+            except RuntimeError as e:
+                raise invalid_repo_config(e) from e
+            sections[str(path)] = [libdnf.conf.ConfigParser.substitute(s, conf.substitutions)
+                                   for s in parser.getData() if s != "main"]
+    return sections
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        log.debug("dnf: %s", record.getMessage())
+        self.records.append(record)
+
+
+@contextmanager
+def _dnf_log() -> Iterator[list[logging.LogRecord]]:
+    """The warnings and errors dnf logs meanwhile, kept off stderr."""
+    logger = logging.getLogger("dnf")
+    handler = _Records()
+    level, propagate = logger.level, logger.propagate
+    logger.setLevel(logging.WARNING)
+    logger.propagate = False
+    logger.addHandler(handler)
+    try:
+        yield handler.records
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
+
+
+def _ordered(pkgs: Any, resolution: Resolution) -> list[Any]:
     """PKGS in the order of resolution.install."""
     by_nevra = {str(_package(p)): p for p in pkgs}
     return [by_nevra[str(r.package)] for r in resolution.install]
@@ -167,11 +224,6 @@ def _ordered(pkgs: list[Any], resolution: Resolution) -> list[Any]:
 def _hawkey_chksum(p: Any) -> str:
     kind, value = p.chksum
     return f"{hawkey.chksum_name(kind)}:{value.hex()}"
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip() or type(e).__name__
-    return " ".join(text.split())
 
 
 def _quiet_dnf() -> None:

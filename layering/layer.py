@@ -21,10 +21,10 @@ from lulayer.layering import compose as composer
 from lulayer.layering.deploy import deploy
 from lulayer.layering.resolver import (
     Progress,
+    RepoConfigTree,
     Resolver,
     ResolveRequest,
     make_resolver,
-    read_repo_configs,
     split_specs,
 )
 from lulayer.layering.staged import StagedDeployment
@@ -178,7 +178,7 @@ class Layering:
             layered_now[n].nevra if (n in layered_now and not upgrade) else n for n in req_sorted
         )
         releasever = _releasever(base_root)
-        repos = read_repo_configs(sysroot.booted().path, releasever)
+        repos = RepoConfigTree(sysroot.booted().path)
         with snapshot(base_root / str(dbpath).lstrip("/"), dbpath) as installed_root:
             base_pkgs = read_packages(installed_root, dbpath)
             resolution = self.resolver.resolve(ResolveRequest(

@@ -1,18 +1,22 @@
-"""Dependency resolution behind one small interface.
+"""Dependency resolution behind one small interface, and the rules both backends follow.
 
 Two backends implement it: libdnf5 (python3-libdnf5, Fedora 41 and later) and
 dnf (python3-dnf on libdnf, what Debian has). `make_resolver` picks the first
-that imports. Both resolve against the repositories of the booted
-deployment's /etc/yum.repos.d, with the installed set read from a private copy
-of the base tree's rpmdb, and cache metadata and RPMs under the sysroot's
-/var/cache.
+that imports. Both read the repository configuration of the booted deployment
+as `dnf --installroot=TREE` would (the library parses the .repo files and the
+dnf vars, and honours every option it knows), resolve with the installed set
+read from a private copy of the base tree's rpmdb, and cache metadata and RPMs
+under the sysroot's /var/cache.
+
+What lulayer decides is written once, here, on plain data: the backends only
+turn their library's objects into names, packages and repository settings and
+call the rules (`check_spec`, `check_transaction`, `check_repo_files`,
+`check_repos`).
 """
 
 from __future__ import annotations
 
-import configparser
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path, PurePosixPath
@@ -28,14 +32,41 @@ class Backend(StrEnum):
 
 
 @dataclass(frozen=True)
+class RepoConfigTree:
+    """The tree whose repository configuration the resolver reads, as `dnf --installroot=TREE` would.
+
+    The backend's library reads it: its own default reposdirs and varsdirs
+    (/etc/yum.repos.d, /etc/dnf/vars, ...) taken inside the tree.
+    """
+
+    root: Path
+
+    def path(self, absolute: str) -> Path:
+        """Where a path of the tree (/etc/yum.repos.d) is on this machine."""
+        return self.root / absolute.lstrip("/")
+
+    @property
+    def reposdir(self) -> Path:
+        return self.path("/etc/yum.repos.d")
+
+    def key_url(self, url: str) -> str:
+        """A gpgkey URL as seen from here: file:///etc/pki/... (or a bare path) names a file of the tree."""
+        if url.startswith(("file:///", "/")):
+            return f"file://{self.path(url.removeprefix('file://'))}"
+        return url
+
+
+@dataclass(frozen=True)
 class RepoConfig:
+    """An enabled repository as the backend's library read it: what lulayer's own checks need."""
+
     id: str
-    name: str
-    baseurls: tuple[str, ...]
+    repofile: str  # the .repo file that defines it
+    baseurls: tuple[str, ...] = ()
     metalink: str | None = None
     mirrorlist: str | None = None
     gpgcheck: bool = False
-    gpgkeys: tuple[str, ...] = ()
+    gpgkeys: tuple[str, ...] = ()  # file:// keys point into the tree (RepoConfigTree.key_url)
 
 
 @dataclass(frozen=True)
@@ -52,12 +83,13 @@ class ResolveRequest:
 
     Specs are package names or full NEVRAs (to keep a layered package at the
     version it has). `installed_root` is a private root holding a copy of the
-    base rpmdb at `dbpath`.
+    base rpmdb at `dbpath`. `repos` is the tree whose repository configuration
+    is read; `releasever` is substituted for $releasever in it.
     """
 
     installed_root: Path
     dbpath: PurePosixPath
-    repos: tuple[RepoConfig, ...]
+    repos: RepoConfigTree
     cache_dir: Path
     releasever: str
     install: tuple[str, ...]
@@ -65,9 +97,10 @@ class ResolveRequest:
 
 @dataclass(frozen=True)
 class Resolution:
-    """The packages to add to the base, in no particular order."""
+    """The packages to add to the base, in no particular order, and the enabled repositories they came from."""
 
     install: tuple[ResolvedPackage, ...] = field(default_factory=tuple)
+    repos: tuple[RepoConfig, ...] = field(default_factory=tuple)
 
 
 Progress = Callable[[str, int, int], None]  # (label, done bytes, total bytes)
@@ -81,7 +114,7 @@ class Resolver(Protocol):
         ...
 
     def download(self, resolution: Resolution, progress: Progress | None = None) -> tuple[Path, ...]:
-        """Fetch the resolved RPMs into the cache (reused when present, digest checked)."""
+        """Fetch the resolved RPMs into the cache (reused when present, digest and signature checked)."""
         ...
 
 
@@ -116,55 +149,85 @@ def make_resolver(backend: Backend | None = None) -> Resolver:
     )
 
 
-def _substitute(value: str, subs: dict[str, str]) -> str:
-    for key, sub in subs.items():
-        value = value.replace(f"${{{key}}}", sub).replace(f"${key}", sub)
-    return value
-
-
-def _key_in_tree(url: str, root: Path) -> str:
-    # A gpgkey=file:///etc/pki/... names a file of the tree the repo file is in.
-    if url.startswith("file:///"):
-        return "file://" + str(root / url[len("file:///"):])
-    return url
-
-
-def read_repo_configs(root: Path, releasever: str) -> tuple[RepoConfig, ...]:
-    """The enabled repositories of root's /etc/yum.repos.d."""
-    reposdir = root / "etc" / "yum.repos.d"
-    subs = {"releasever": releasever, "basearch": os.uname().machine, "arch": os.uname().machine}
-    repos: list[RepoConfig] = []
-    for path in sorted(reposdir.glob("*.repo")) if reposdir.is_dir() else []:
-        cp = configparser.ConfigParser(interpolation=None)
-        try:
-            cp.read(path)
-        except configparser.Error as e:
-            raise ResolveError(f"{path} is not a valid .repo file: {e}".splitlines()[0],
-                               hint="fix or remove it") from e
-        for section in cp.sections():
-            sec = cp[section]
-            if sec.get("enabled", "1").strip() not in ("1", "true", "yes", "True"):
-                continue
-            baseurls = tuple(_substitute(u, subs) for u in sec.get("baseurl", "").split() if u)
-            metalink = sec.get("metalink")
-            mirrorlist = sec.get("mirrorlist")
-            if not baseurls and not metalink and not mirrorlist:
-                raise ResolveError(f"repository {section!r} in {path} has no baseurl, metalink or mirrorlist",
-                                   hint="add a baseurl= line or disable it with enabled=0")
-            repos.append(RepoConfig(
-                id=section,
-                name=sec.get("name", section),
-                baseurls=baseurls,
-                metalink=_substitute(metalink, subs) if metalink else None,
-                mirrorlist=_substitute(mirrorlist, subs) if mirrorlist else None,
-                gpgcheck=sec.get("gpgcheck", "0").strip() in ("1", "true", "yes", "True"),
-                gpgkeys=tuple(_key_in_tree(_substitute(k, subs), root) for k in sec.get("gpgkey", "").split() if k),
-            ))
-    if not repos:
-        raise ResolveError(f"no enabled repository in {reposdir}",
-                           hint="add a .repo file to /etc/yum.repos.d of the booted deployment")
-    return tuple(repos)
-
-
 def split_specs(specs: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(s.strip() for s in specs if s.strip()))
+
+
+# --------------------------------------------------------------------------- the rules
+
+
+def one_line(e: BaseException | str) -> str:
+    """What a library says, on one line."""
+    text = str(e).strip() or (type(e).__name__ if isinstance(e, BaseException) else "")
+    return " ".join(text.split())
+
+
+def check_repo_files(sections: Mapping[str, Collection[str]], loaded: Set[str], errors: Sequence[str],
+                     warnings: Sequence[str] = ()) -> None:
+    """Refuse a repository configuration the library read only in part.
+
+    `sections` are the repository ids each .repo file defines (read by the
+    library's own parser; a file it cannot parse is refused before this),
+    `loaded` the ids it made repositories of, `errors` and `warnings` what it
+    logged while reading. dnf goes on without what it could not read, or with
+    a default for a value it could not; an image is not composed from a
+    configuration half understood.
+    """
+    for path, ids in sections.items():
+        for repo_id in ids:
+            if repo_id not in loaded:
+                said = next((m for m in (*errors, *warnings) if repo_id in m), "it could not be read")
+                raise invalid_repo_config(f"repository {repo_id!r} in {path}: {said}")
+    if errors:
+        raise invalid_repo_config(errors[0])
+
+
+def invalid_repo_config(detail: str | BaseException) -> ResolveError:
+    return ResolveError(f"invalid repository configuration: {one_line(detail)}",
+                        hint="fix or remove the .repo file")
+
+
+def check_repos(tree: RepoConfigTree, repos: Sequence[RepoConfig]) -> None:
+    """Refuse a configuration without an enabled repository, or with one that names nowhere to fetch from."""
+    if not repos:
+        raise ResolveError(f"no enabled repository in {tree.reposdir}",
+                           hint="add a .repo file to /etc/yum.repos.d of the booted deployment")
+    for repo in repos:
+        if not (repo.baseurls or repo.metalink or repo.mirrorlist):
+            raise ResolveError(f"repository {repo.id!r} in {repo.repofile} has no baseurl, metalink or mirrorlist",
+                               hint="add a baseurl= line or disable it with enabled=0")
+
+
+def check_spec(spec: str, matched: Set[str], installed: Set[str]) -> None:
+    """Refuse a spec that names nothing available (`matched`: the names it matched), or only base packages."""
+    if not matched:
+        raise ResolveError(f"no package matches {spec!r} in the enabled repositories",
+                           hint="check the name with `dnf --installroot=... list` or the repository")
+    if matched <= installed:
+        raise ResolveError(f"{spec!r} is already in the base image",
+                           hint="only packages the base lacks can be layered")
+
+
+def check_transaction(installed: Set[str], removes: Iterable[Package], installs: Iterable[Package]) -> None:
+    """Refuse a transaction that would remove or replace a package of the base: layering only adds."""
+    touched = [*removes, *(p for p in installs if p.name in installed)]
+    if touched:
+        raise ResolveError(
+            "layering would replace base packages: " + ", ".join(str(p) for p in touched),
+            hint="replacing base packages is not supported",
+        )
+
+
+def metadata_error(detail: str | BaseException) -> ResolveError:
+    return ResolveError(f"cannot load repository metadata: {one_line(detail)}",
+                        hint="check the baseurl in /etc/yum.repos.d and that it is reachable")
+
+
+def depsolve_error(detail: str | BaseException) -> ResolveError:
+    return ResolveError(f"dependencies cannot be satisfied: {one_line(detail)}",
+                        hint="the repository lacks what the package requires")
+
+
+def download_error(detail: str | BaseException) -> ResolveError:
+    return ResolveError(f"cannot download packages: {one_line(detail)}",
+                        hint="check that the repository is reachable and retry")

@@ -2,23 +2,33 @@
 
 Both backends call this, so a package whose bytes differ from what the
 repository metadata names, or that a gpgcheck=1 repository's keys did not
-sign, is refused the same way whichever resolver fetched it.
+sign, is refused the same way whichever resolver fetched it. Signatures are
+checked with rpm's own keyring API, on a keyring that holds only the
+repository's gpgkey files from the tree.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import logging
 import os
 import stat
+import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
+
+import rpm
 
 from lulayer.errors import ResolveError
 from lulayer.layering.compose import DROPPED_TOP
 from lulayer.layering.resolver import RepoConfig, Resolution
-from lulayer.run import run
+
+log = logging.getLogger(__name__)
 
 _HASHES = {"sha256": "sha256", "sha512": "sha512", "sha384": "sha384", "sha224": "sha224",
            "sha1": "sha1", "sha": "sha1", "md5": "md5"}
@@ -32,8 +42,10 @@ def file_digest(path: Path, kind: str) -> str:
     return h.hexdigest()
 
 
-def verify_downloads(resolution: Resolution, paths: Sequence[Path], repos: Sequence[RepoConfig]) -> None:
-    by_id = {r.id: r for r in repos}
+def verify_downloads(resolution: Resolution, paths: Sequence[Path]) -> None:
+    """Refuse any of paths (the files of resolution.install, in order) whose digest differs from the metadata's,
+    that its repository's keys did not sign (gpgcheck=1), or whose payload no image may take."""
+    by_id = {r.id: r for r in resolution.repos}
     for resolved, path in zip(resolution.install, paths, strict=True):
         kind, _, expected = resolved.checksum.partition(":")
         if kind not in _HASHES:
@@ -45,9 +57,8 @@ def verify_downloads(resolution: Resolution, paths: Sequence[Path], repos: Seque
                 f"expected {expected[:16]}...)",
                 hint="the repository or the cache is corrupt: run `lulayer cleanup --repomd` or fix the repository",
             )
-        repo = by_id.get(resolved.repo_id)
-        if repo is not None and repo.gpgcheck:
-            check_signature(path, repo)
+        if by_id[resolved.repo_id].gpgcheck:
+            check_signature(path, by_id[resolved.repo_id])
         check_payload(path)
 
 
@@ -58,8 +69,6 @@ _SPECIAL = ((stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"), 
 def check_payload(path: Path) -> None:
     """Refuse a payload no image may take: a path with "..", or a device node, fifo or socket
     (which an OSTree commit cannot hold) where the image would keep it."""
-    import rpm
-
     ts = rpm.TransactionSet()
     ts.setVSFlags(rpm._RPMVSF_NOSIGNATURES | rpm._RPMVSF_NODIGESTS)  # checked above
     try:
@@ -81,34 +90,124 @@ def check_payload(path: Path) -> None:
                                    hint="layer packages whose payload is files, directories and symlinks")
 
 
+# OpenPGP hash algorithm numbers (RFC 4880 9.4), as RPMTAG_PAYLOADDIGESTALGO gives them.
+_PGP_HASHES = {1: "md5", 2: "sha1", 8: "sha256", 9: "sha384", 10: "sha512", 11: "sha224"}
+# Signatures over the header alone, which rpm checks when it reads a header; rpm 4.20 adds RPMTAG_OPENPGP.
+_HEADER_SIGNATURES = tuple(getattr(rpm, t) for t in ("RPMTAG_RSAHEADER", "RPMTAG_DSAHEADER", "RPMTAG_OPENPGP")
+                           if hasattr(rpm, t))
+# Signatures over header and payload (rpm < 4.1 made only these); rpm checks them only with the payload.
+_LEGACY_SIGNATURES = (rpm.RPMTAG_SIGPGP, rpm.RPMTAG_SIGGPG)
+_ARMOR_BEGIN = b"-----BEGIN PGP PUBLIC KEY BLOCK-----"
+_ARMOR_END = b"-----END PGP PUBLIC KEY BLOCK-----"
+_SIGNED_HINT = "use packages signed with the repository's gpgkey"
+
+
+def check_signature(path: Path, repo: RepoConfig) -> None:
+    """Refuse path unless one of repo's keys made a valid signature on it.
+
+    rpm checks the header's signature against the keyring as it reads the
+    header; the signed header names the payload's digest, checked here on the
+    bytes that follow it, so nothing of the file is left unsigned.
+    """
+    ts = rpm.TransactionSet()
+    ts.setKeyring(_keyring(repo))
+    ts.setVSFlags(0)  # every digest and signature rpm can check on a header
+    unsigned = ResolveError(f"{path.name} is not signed (repository {repo.id!r} has gpgcheck=1)", hint=_SIGNED_HINT)
+    bad = ResolveError(f"{path.name} has a bad or unknown signature (repository {repo.id!r} has gpgcheck=1)",
+                       hint=_SIGNED_HINT)
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        with _rpm_log() as said:
+            try:
+                hdr = ts.hdrFromFdno(fd)
+            except rpm.error as e:
+                log.debug("rpm refused %s: %s (%s)", path, e, said())
+                raise bad from e
+        if not any(hdr[tag] for tag in _HEADER_SIGNATURES):
+            raise bad if any(hdr[tag] for tag in _LEGACY_SIGNATURES) else unsigned
+        # rpm leaves the file offset where the header ends: the payload follows.
+        if not _payload_matches(fd, hdr):
+            log.debug("%s: the payload differs from the digest its signed header names", path)
+            raise bad
+    finally:
+        os.close(fd)
+
+
+def _payload_matches(fd: int, hdr: Any) -> bool:
+    algo = _PGP_HASHES.get(hdr[rpm.RPMTAG_PAYLOADDIGESTALGO] or 0)
+    expected = hdr[rpm.RPMTAG_PAYLOADDIGEST] or []
+    if algo is None or not expected:
+        return False  # a package from before rpm 4.14: its signed header does not cover the payload
+    h = hashlib.new(algo)
+    while chunk := os.read(fd, 1 << 20):
+        h.update(chunk)
+    return h.hexdigest() in expected
+
+
+@contextmanager
+def _rpm_log() -> Iterator[Callable[[], str]]:
+    """Keep rpm's own lines ("... Signature, key ID ...: NOKEY") off stderr; the caller says what failed."""
+    with tempfile.TemporaryFile(mode="w+") as f:
+        rpm.setLogFile(f)
+
+        def said() -> str:
+            f.seek(0)
+            return " ".join(f.read().split())
+
+        try:
+            yield said
+        finally:
+            rpm.setLogFile(sys.stderr)
+
+
+def _keyring(repo: RepoConfig) -> Any:
+    """A keyring with repo's gpgkey files and nothing else."""
+    keys = _key_paths(repo)
+    if not keys:
+        raise ResolveError(f"repository {repo.id!r} has gpgcheck=1 but no gpgkey",
+                           hint="add gpgkey=file:///etc/pki/rpm-gpg/KEY to its .repo file")
+    keyring = rpm.keyring()
+    for key in keys:
+        if not key.is_file():
+            raise ResolveError(f"repository {repo.id!r}: gpgkey {key} does not exist",
+                               hint="install the key or fix the gpgkey= line")
+        for armored in _armored_keys(key.read_bytes()):
+            try:
+                keyring.addKey(rpm.pubkey(armored))
+            except ValueError as e:
+                raise ResolveError(f"repository {repo.id!r}: gpgkey {key} is not an OpenPGP public key",
+                                   hint="install the key or fix the gpgkey= line") from e
+    return keyring
+
+
 def _key_paths(repo: RepoConfig) -> list[Path]:
     keys: list[Path] = []
     for url in repo.gpgkeys:
         parsed = urlparse(url)
-        if parsed.scheme not in ("", "file"):
+        if parsed.scheme != "file":
             raise ResolveError(f"repository {repo.id!r}: gpgkey {url} is not a local file",
                                hint="ship the key in the image and use a file:// URL")
         keys.append(Path(parsed.path))
     return keys
 
 
-def check_signature(path: Path, repo: RepoConfig) -> None:
-    """Refuse path unless one of repo's keys made a valid signature on it."""
-    keys = _key_paths(repo)
-    if not keys:
-        raise ResolveError(f"repository {repo.id!r} has gpgcheck=1 but no gpgkey",
-                           hint="add gpgkey=file:///etc/pki/rpm-gpg/KEY to its .repo file")
-    with tempfile.TemporaryDirectory(prefix="lulayer-keys-") as db:
-        for key in keys:
-            if not key.is_file():
-                raise ResolveError(f"repository {repo.id!r}: gpgkey {key} does not exist",
-                                   hint="install the key or fix the gpgkey= line")
-            run(["rpmkeys", "--define", f"_dbpath {db}", "--import", key])
-        proc = run(["rpmkeys", "--define", f"_dbpath {db}", "--checksig", "-v", path], check=False)
-    out = proc.stdout + proc.stderr
-    lines = [ln.strip() for ln in out.splitlines()]
-    signed_ok = any("Signature" in ln and ln.endswith(": OK") for ln in lines)
-    if proc.returncode != 0 or not signed_ok or any("BAD" in ln or "NOKEY" in ln for ln in lines):
-        reason = "is not signed" if not any("Signature" in ln for ln in lines) else "has a bad or unknown signature"
-        raise ResolveError(f"{path.name} {reason} (repository {repo.id!r} has gpgcheck=1)",
-                           hint="use packages signed with the repository's gpgkey")
+def _armored_keys(data: bytes) -> list[bytes]:
+    """Each key block of a key file, armored: rpm.pubkey reads one armored block, and key files may hold
+    several, or be binary."""
+    if _ARMOR_BEGIN not in data:
+        return [_armor(data)]
+    return [_ARMOR_BEGIN + block.partition(_ARMOR_END)[0] + _ARMOR_END + b"\n"
+            for block in data.split(_ARMOR_BEGIN)[1:]]
+
+
+def _armor(binary: bytes) -> bytes:
+    """binary OpenPGP packets as an armored public key block (RFC 4880 6.2), its CRC-24 included."""
+    crc = 0xB704CE
+    for byte in binary:
+        crc ^= byte << 16
+        for _ in range(8):
+            crc <<= 1
+            if crc & 0x1000000:
+                crc ^= 0x1864CFB
+    checksum = base64.b64encode((crc & 0xFFFFFF).to_bytes(3, "big"))
+    return b"%s\n\n%s=%s\n%s\n" % (_ARMOR_BEGIN, base64.encodebytes(binary), checksum, _ARMOR_END)

@@ -143,6 +143,23 @@ def test_unreachable_repository_is_refused(sysroot: Path) -> None:
     state.assert_unchanged()
 
 
+def test_no_enabled_repository_is_refused(sysroot: Path) -> None:
+    set_repo_options(sysroot, enabled="0")
+    state = State(sysroot)
+    reposdir = repo_file(sysroot).parent
+    assert_error(cli(sysroot, "install", "htop"), f"no enabled repository in {reposdir}")
+    state.assert_unchanged()
+
+
+@pytest.mark.parametrize("text", ["[broken\nbaseurl=file:///x\n", "[s]\nname=s\nbaseurl=file:///x\nenabled=maybe\n"],
+                         ids=["syntax", "invalid-value"])
+def test_broken_repo_file_is_refused(sysroot: Path, text: str) -> None:
+    (repo_file(sysroot).parent / "broken.repo").write_text(text)
+    state = State(sysroot)
+    assert_error(cli(sysroot, "install", "htop"), "invalid repository configuration", "broken.repo")
+    state.assert_unchanged()
+
+
 @pytest.mark.parametrize("damage", ["garbled-repomd", "truncated-primary"])
 def test_corrupt_repository_metadata_is_refused(sysroot: Path, fixture_repo: Path, tmp_path: Path,
                                                 damage: str) -> None:

@@ -8,7 +8,10 @@ backend that does not import is skipped with the reason available_backends() giv
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import http.server
+import multiprocessing
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
@@ -18,7 +21,7 @@ from fixtures import build as fixtures_build
 from lulayer.errors import ResolveError
 from lulayer.layering.resolver import (
     Backend,
-    RepoConfig,
+    RepoConfigTree,
     Resolution,
     Resolver,
     ResolveRequest,
@@ -51,11 +54,40 @@ def base_root() -> Iterator[tuple[Path, PurePosixPath]]:
         yield root, dbpath
 
 
-def request_for(base_root: tuple[Path, PurePosixPath], repo: Path, cache: Path, *names: str) -> ResolveRequest:
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def served_repo(fixture_repo: Path) -> Iterator[str]:
+    """The fixture repository over HTTP (a real download, not a file:// one that dnf uses in place).
+
+    Served from a forked process: the resolvers download holding the GIL, which would starve a thread.
+    """
+    handler = functools.partial(_QuietHandler, directory=str(fixture_repo))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        child = multiprocessing.get_context("fork").Process(target=server.serve_forever, daemon=True)
+        child.start()
+        try:
+            yield f"http://127.0.0.1:{server.server_address[1]}"
+        finally:
+            child.terminate()
+            child.join()
+
+
+def request_for(base_root: tuple[Path, PurePosixPath], repo: Path | str, cache: Path, *names: str) -> ResolveRequest:
+    """A request against a tree whose /etc/yum.repos.d names only REPO (a folder or a URL)."""
     root, dbpath = base_root
+    if isinstance(repo, Path):
+        repo = f"file://{repo}"
+    tree = cache.parent / "tree"
+    repo_file = tree / fixtures_build.REPO_FILE
+    repo_file.parent.mkdir(parents=True, exist_ok=True)
+    repo_file.write_text(f"[{fixtures_build.REPO_ID}]\nname=lulayer fixtures\nbaseurl={repo}\n")
     return ResolveRequest(
         installed_root=root, dbpath=dbpath, cache_dir=cache, releasever="41", install=names,
-        repos=(RepoConfig(id=fixtures_build.REPO_ID, name="lulayer fixtures", baseurls=(f"file://{repo}",)),),
+        repos=RepoConfigTree(tree),
     )
 
 
@@ -92,6 +124,19 @@ def test_download_returns_files_matching_the_metadata(resolver: Resolver, base_r
         assert Path(path).name == f"{r.package.nevra}.rpm"
 
 
+def test_download_reports_progress_to_the_end_of_each_package(resolver: Resolver,
+                                                              base_root: tuple[Path, PurePosixPath],
+                                                              served_repo: str, tmp_path: Path) -> None:
+    resolution = resolver.resolve(request_for(base_root, served_repo, tmp_path / "cache", "htop"))
+    calls: list[tuple[str, int, int]] = []
+    paths = resolver.download(resolution, lambda label, done, total: calls.append((label, done, total)))
+    for r, path in zip(resolution.install, paths, strict=True):
+        size = Path(path).stat().st_size
+        assert r.checksum == f"sha256:{sha256(Path(path))}"
+        ends = [(done, total) for label, done, total in calls if r.package.name in label and done == total]
+        assert ends and ends[-1] == (size, size), calls
+
+
 def test_unknown_name_raises_resolve_error(resolver: Resolver, base_root: tuple[Path, PurePosixPath],
                                            fixture_repo: Path, tmp_path: Path) -> None:
     with pytest.raises(ResolveError, match="no-such-package"):
@@ -102,6 +147,20 @@ def test_unsatisfiable_dependency_raises_resolve_error(resolver: Resolver, base_
                                                        fixture_repo: Path, tmp_path: Path) -> None:
     with pytest.raises(ResolveError, match="no-such-capability"):
         resolver.resolve(request_for(base_root, fixture_repo, tmp_path / "cache", "needs-missing"))
+
+
+def test_resolution_names_the_enabled_repositories(resolver: Resolver, base_root: tuple[Path, PurePosixPath],
+                                                   fixture_repo: Path, tmp_path: Path) -> None:
+    resolution = resolver.resolve(request_for(base_root, fixture_repo, tmp_path / "cache", "htop"))
+    assert [(r.id, r.baseurls, r.gpgcheck) for r in resolution.repos] == [
+        (fixtures_build.REPO_ID, (f"file://{fixture_repo}",), False)]
+
+
+def test_package_of_the_base_raises_resolve_error(resolver: Resolver, base_root: tuple[Path, PurePosixPath],
+                                                  tmp_path: Path) -> None:
+    repo = fixtures_build.make_repo(tmp_path / "repo", [fixtures_build.rpm_path("busybox")])
+    with pytest.raises(ResolveError, match="'busybox' is already in the base image"):
+        resolver.resolve(request_for(base_root, repo, tmp_path / "cache", "busybox"))
 
 
 def test_every_backend_is_reported() -> None:

@@ -1,0 +1,154 @@
+"""Signature checks of verify.check_signature, with real keys (gpg) and real signed RPMs (rpmsign).
+
+No root needed: the packages are fixture RPMs signed here, the keys are files in a
+folder, and the check reads them through rpm's keyring API.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import rpm
+
+from fixtures import build as fixtures_build
+from lulayer.errors import ResolveError
+from lulayer.layering.resolver import RepoConfig
+from lulayer.layering.verify import check_signature
+
+
+@dataclass(frozen=True)
+class Key:
+    home: Path
+    keyid: str
+    armored: bytes
+    binary: bytes
+
+
+def _gpg(home: Path, *args: str) -> bytes:
+    return subprocess.run(["gpg", "--batch", *args], env=dict(os.environ, GNUPGHOME=str(home)), check=True,
+                          capture_output=True).stdout
+
+
+def _make_key(home: Path, uid: str) -> Key:
+    home.mkdir(mode=0o700, parents=True)
+    _gpg(home, "--passphrase", "", "--quick-gen-key", uid, "rsa2048", "sign", "never")
+    listing = _gpg(home, "--with-colons", "--list-keys", uid).decode()
+    keyid = next(line.split(":")[4] for line in listing.splitlines() if line.startswith("pub:"))
+    return Key(home, keyid, _gpg(home, "--armor", "--export", keyid), _gpg(home, "--export", keyid))
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Key, Key]]:
+    """The repository's key and another one."""
+    top = tmp_path_factory.mktemp("gpg")
+    made = (_make_key(top / "repo", "lulayer repo key <repo@lulayer.invalid>"),
+            _make_key(top / "other", "lulayer other key <other@lulayer.invalid>"))
+    yield made
+    for key in made:
+        subprocess.run(["gpgconf", "--kill", "gpg-agent"], env=dict(os.environ, GNUPGHOME=str(key.home)),
+                       capture_output=True)
+
+
+def signed(dest: Path, key: Key | None) -> Path:
+    """A copy of the fixture htop RPM at dest, signed with key (None: left unsigned)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_bytes(fixtures_build.rpm_path("htop").read_bytes())
+    if key is not None:
+        subprocess.run(["rpmsign", "--addsign", "--define", "__gpg /usr/bin/gpg", "--define",
+                        f"_gpg_name {key.keyid}", "--define", f"_gpg_path {key.home}", str(dest)],
+                       check=True, capture_output=True)
+    return dest
+
+
+def header_end(path: Path) -> int:
+    """Where path's payload starts."""
+    ts = rpm.TransactionSet()
+    ts.setVSFlags(rpm._RPMVSF_NOSIGNATURES | rpm._RPMVSF_NODIGESTS)
+    with open(path, "rb") as f:
+        ts.hdrFromFdno(f.fileno())
+        return os.lseek(f.fileno(), 0, os.SEEK_CUR)
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def repo_with_keys(tmp_path: Path, *key_files: bytes) -> RepoConfig:
+    urls = []
+    for i, data in enumerate(key_files):
+        path = tmp_path / "keys" / f"RPM-GPG-KEY-{i}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        urls.append(f"file://{path}")
+    return RepoConfig(id="signed", repofile="/etc/yum.repos.d/signed.repo", gpgcheck=True, gpgkeys=tuple(urls))
+
+
+# --------------------------------------------------------------------------- accepted
+
+
+def test_a_package_signed_with_the_repositorys_key_passes(tmp_path: Path, keys: tuple[Key, Key],
+                                                          capfd: pytest.CaptureFixture[str]) -> None:
+    repo_key, _ = keys
+    check_signature(signed(tmp_path / "htop.rpm", repo_key), repo_with_keys(tmp_path, repo_key.armored))
+    assert capfd.readouterr().err == ""
+
+
+@pytest.mark.parametrize("layout", ["binary-key", "two-blocks-in-one-file", "two-files"])
+def test_the_key_may_be_binary_or_one_of_several(tmp_path: Path, keys: tuple[Key, Key], layout: str) -> None:
+    repo_key, other_key = keys
+    key_files = {
+        "binary-key": [repo_key.binary],
+        "two-blocks-in-one-file": [other_key.armored + repo_key.armored],
+        "two-files": [other_key.armored, repo_key.armored],
+    }[layout]
+    check_signature(signed(tmp_path / "htop.rpm", repo_key), repo_with_keys(tmp_path, *key_files))
+
+
+# --------------------------------------------------------------------------- refused
+
+
+def test_an_unsigned_package_is_refused(tmp_path: Path, keys: tuple[Key, Key]) -> None:
+    repo_key, _ = keys
+    path = signed(tmp_path / "htop.rpm", None)
+    with pytest.raises(ResolveError) as e:
+        check_signature(path, repo_with_keys(tmp_path, repo_key.armored))
+    assert e.value.message == f"{path.name} is not signed (repository 'signed' has gpgcheck=1)"
+
+
+@pytest.mark.parametrize("case", ["other-key", "header-altered", "payload-altered"])
+def test_a_bad_or_unknown_signature_is_refused(tmp_path: Path, keys: tuple[Key, Key],
+                                               capfd: pytest.CaptureFixture[str], case: str) -> None:
+    repo_key, other_key = keys
+    path = signed(tmp_path / "htop.rpm", other_key if case == "other-key" else repo_key)
+    if case == "header-altered":
+        at = path.read_bytes().find(b"htop 3.3.0")  # in the description
+        assert 0 < at < header_end(path)
+        flip_byte(path, at)
+    elif case == "payload-altered":
+        flip_byte(path, path.stat().st_size - 1)
+    with pytest.raises(ResolveError) as e:
+        check_signature(path, repo_with_keys(tmp_path, repo_key.armored))
+    assert e.value.message == f"{path.name} has a bad or unknown signature (repository 'signed' has gpgcheck=1)"
+    assert capfd.readouterr().err == "", "rpm's own lines reached stderr"
+
+
+def test_a_repository_without_usable_keys_is_refused(tmp_path: Path, keys: tuple[Key, Key]) -> None:
+    repo_key, _ = keys
+    path = signed(tmp_path / "htop.rpm", repo_key)
+    base = RepoConfig(id="signed", repofile="/etc/yum.repos.d/signed.repo", gpgcheck=True)
+    cases = {
+        "has gpgcheck=1 but no gpgkey": base,
+        "does not exist": RepoConfig(**{**base.__dict__, "gpgkeys": (f"file://{tmp_path}/missing",)}),
+        "is not a local file": RepoConfig(**{**base.__dict__, "gpgkeys": ("https://keys.example.invalid/K",)}),
+        "is not an OpenPGP public key": repo_with_keys(tmp_path, b"not a key\n"),
+    }
+    for needle, repo in cases.items():
+        with pytest.raises(ResolveError, match=needle):
+            check_signature(path, repo)
