@@ -18,10 +18,15 @@ def test_ruff_finds_nothing() -> None:
 
 def test_mypy_strict_passes_on_the_installed_package(tmp_path: Path) -> None:
     # mypy does not follow pyproject's package-dir mapping (layering/ is lulayer.layering):
-    # check the package as pip installs it, from a copy (setuptools builds in the source tree).
+    # check the package as pip installs it, from a copy of the checkout's files (setuptools builds in
+    # the source tree).
     src = tmp_path / "src"
-    shutil.copytree(TOP, src, ignore=shutil.ignore_patterns(".git", ".venv", ".cache", "build", "*.egg-info",
-                                                           "__pycache__", ".*_cache"))
+    tracked = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=TOP,
+                             check=True, capture_output=True, text=True).stdout.split("\0")
+    for name in filter(None, tracked):
+        if (TOP / name).is_file():
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(TOP / name, src / name)
     site = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
                     "--target", str(site), str(src)], check=True, capture_output=True)

@@ -16,7 +16,7 @@ from lulayer.layering.resolver import (
     check_spec,
     check_transaction,
 )
-from lulayer.rpmdb.db import Package
+from lulayer.rpmdb.model import Package
 
 BASE = {"setup", "filesystem", "busybox"}
 HTOP = Package("htop", 0, "3.3.0", "1.fc41", "x86_64")
