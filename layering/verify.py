@@ -27,6 +27,7 @@ import rpm
 from lulayer.errors import ResolveError
 from lulayer.layering.compose import DROPPED_TOP
 from lulayer.layering.resolver import RepoConfig, Resolution
+from lulayer.rpmdb.db import dbpath_macro
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +110,11 @@ def check_signature(path: Path, repo: RepoConfig) -> None:
     header; the signed header names the payload's digest, checked here on the
     bytes that follow it, so nothing of the file is left unsigned.
     """
-    ts = rpm.TransactionSet()
-    ts.setKeyring(_keyring(repo))
+    with _verifier(repo) as ts:
+        _check_signed(path, repo, ts)
+
+
+def _check_signed(path: Path, repo: RepoConfig, ts: Any) -> None:
     ts.setVSFlags(0)  # every digest and signature rpm can check on a header
     unsigned = ResolveError(f"{path.name} is not signed (repository {repo.id!r} has gpgcheck=1)", hint=_SIGNED_HINT)
     bad = ResolveError(f"{path.name} has a bad or unknown signature (repository {repo.id!r} has gpgcheck=1)",
@@ -160,24 +164,37 @@ def _rpm_log() -> Iterator[Callable[[], str]]:
             rpm.setLogFile(sys.stderr)
 
 
-def _keyring(repo: RepoConfig) -> Any:
-    """A keyring with repo's gpgkey files and nothing else."""
+@contextmanager
+def _verifier(repo: RepoConfig) -> Iterator[Any]:
+    """A transaction set whose keyring holds repo's gpgkey files and nothing else.
+
+    The keys are imported into a throwaway rpmdb, as `rpmkeys --import` does:
+    rpm 4.18's python keyring.addKey takes a primary key only, and vendors
+    (Google's, among others) sign with a subkey, which the import adds too.
+    """
     keys = _key_paths(repo)
     if not keys:
         raise ResolveError(f"repository {repo.id!r} has gpgcheck=1 but no gpgkey",
                            hint="add gpgkey=file:///etc/pki/rpm-gpg/KEY to its .repo file")
-    keyring = rpm.keyring()
-    for key in keys:
-        if not key.is_file():
-            raise ResolveError(f"repository {repo.id!r}: gpgkey {key} does not exist",
-                               hint="install the key or fix the gpgkey= line")
-        for armored in _armored_keys(key.read_bytes()):
-            try:
-                keyring.addKey(rpm.pubkey(armored))
-            except ValueError as e:
-                raise ResolveError(f"repository {repo.id!r}: gpgkey {key} is not an OpenPGP public key",
-                                   hint="install the key or fix the gpgkey= line") from e
-    return keyring
+    with tempfile.TemporaryDirectory(prefix="lulayer-keys-") as db, dbpath_macro(db):
+        ts = rpm.TransactionSet()
+        ts.initDB()
+        try:
+            for key in keys:
+                if not key.is_file():
+                    raise ResolveError(f"repository {repo.id!r}: gpgkey {key} does not exist",
+                                       hint="install the key or fix the gpgkey= line")
+                blocks = _key_blocks(key.read_bytes())
+                if not blocks or any(ts.pgpImportPubkey(block) != 0 for block in blocks):
+                    raise ResolveError(f"repository {repo.id!r}: gpgkey {key} is not an OpenPGP public key",
+                                       hint="install the key or fix the gpgkey= line")
+        finally:
+            ts.closeDB()
+        verifier = rpm.TransactionSet()  # reads the keyring from the database just written
+        try:
+            yield verifier
+        finally:
+            verifier.closeDB()
 
 
 def _key_paths(repo: RepoConfig) -> list[Path]:
@@ -191,23 +208,18 @@ def _key_paths(repo: RepoConfig) -> list[Path]:
     return keys
 
 
-def _armored_keys(data: bytes) -> list[bytes]:
-    """Each key block of a key file, armored: rpm.pubkey reads one armored block, and key files may hold
-    several, or be binary."""
+def _key_blocks(data: bytes) -> list[bytes]:
+    """The binary OpenPGP packets of each key in a key file: armored blocks (a file may hold
+    several) or binary."""
     if _ARMOR_BEGIN not in data:
-        return [_armor(data)]
-    return [_ARMOR_BEGIN + block.partition(_ARMOR_END)[0] + _ARMOR_END + b"\n"
-            for block in data.split(_ARMOR_BEGIN)[1:]]
-
-
-def _armor(binary: bytes) -> bytes:
-    """binary OpenPGP packets as an armored public key block (RFC 4880 6.2), its CRC-24 included."""
-    crc = 0xB704CE
-    for byte in binary:
-        crc ^= byte << 16
-        for _ in range(8):
-            crc <<= 1
-            if crc & 0x1000000:
-                crc ^= 0x1864CFB
-    checksum = base64.b64encode((crc & 0xFFFFFF).to_bytes(3, "big"))
-    return b"%s\n\n%s=%s\n%s\n" % (_ARMOR_BEGIN, base64.encodebytes(binary), checksum, _ARMOR_END)
+        return [data]
+    blocks = []
+    for block in data.split(_ARMOR_BEGIN)[1:]:
+        # Armor headers end at the first empty line; the body is base64; "=XXXX" is its CRC.
+        _, _, body = block.partition(_ARMOR_END)[0].replace(b"\r", b"").partition(b"\n\n")
+        lines = [ln for ln in body.split() if not ln.startswith(b"=")]
+        try:
+            blocks.append(base64.b64decode(b"".join(lines), validate=True))
+        except ValueError:
+            return []
+    return blocks

@@ -34,12 +34,22 @@ def _gpg(home: Path, *args: str) -> bytes:
                           capture_output=True).stdout
 
 
-def _make_key(home: Path, uid: str) -> Key:
+def _make_key(home: Path, uid: str, *, signing_subkey: bool = False) -> Key:
+    """A key that signs with its primary key, or (signing_subkey) a certify-only primary key
+    with a signing subkey, as vendors such as Google ship theirs."""
     home.mkdir(mode=0o700, parents=True)
-    _gpg(home, "--passphrase", "", "--quick-gen-key", uid, "rsa2048", "sign", "never")
+    _gpg(home, "--passphrase", "", "--quick-gen-key", uid, "rsa2048", "cert" if signing_subkey else "sign", "never")
     listing = _gpg(home, "--with-colons", "--list-keys", uid).decode()
-    keyid = next(line.split(":")[4] for line in listing.splitlines() if line.startswith("pub:"))
-    return Key(home, keyid, _gpg(home, "--armor", "--export", keyid), _gpg(home, "--export", keyid))
+    fields = [line.split(":") for line in listing.splitlines()]
+    keyid = next(f[4] for f in fields if f[0] == "pub")
+    if not signing_subkey:
+        return Key(home, keyid, _gpg(home, "--armor", "--export", keyid), _gpg(home, "--export", keyid))
+    fingerprint = next(f[9] for f in fields if f[0] == "fpr")
+    _gpg(home, "--passphrase", "", "--quick-add-key", fingerprint, "rsa2048", "sign", "never")
+    listing = _gpg(home, "--with-colons", "--list-keys", uid).decode()
+    subkey = next(line.split(":")[4] for line in listing.splitlines() if line.startswith("sub:"))
+    # "!": sign with exactly this subkey
+    return Key(home, subkey + "!", _gpg(home, "--armor", "--export", keyid), _gpg(home, "--export", keyid))
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +108,15 @@ def test_a_package_signed_with_the_repositorys_key_passes(tmp_path: Path, keys: 
     repo_key, _ = keys
     check_signature(signed(tmp_path / "htop.rpm", repo_key), repo_with_keys(tmp_path, repo_key.armored))
     assert capfd.readouterr().err == ""
+
+
+def test_a_package_signed_with_a_subkey_of_the_repositorys_key_passes(tmp_path: Path) -> None:
+    key = _make_key(tmp_path / "gpg", "lulayer vendor key <vendor@lulayer.invalid>", signing_subkey=True)
+    try:
+        check_signature(signed(tmp_path / "htop.rpm", key), repo_with_keys(tmp_path, key.armored))
+    finally:
+        subprocess.run(["gpgconf", "--kill", "gpg-agent"], env=dict(os.environ, GNUPGHOME=str(key.home)),
+                       capture_output=True)
 
 
 @pytest.mark.parametrize("layout", ["binary-key", "two-blocks-in-one-file", "two-files"])
