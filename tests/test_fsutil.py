@@ -175,3 +175,4 @@ def test_raw_syscall_fallback_exchanges(tmp_path: Path) -> None:
     with fsutil.opened_dir(tmp_path) as d:
         assert fsutil._syscall_renameat2(d, b"a", d, b"b", fsutil.RENAME_EXCHANGE) == 0
     assert (tmp_path / "a").read_text() == "b"
+    assert (tmp_path / "b").read_text() == "a", "an exchange, not a rename over"
