@@ -8,6 +8,7 @@ written (the writer was killed), failed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -80,7 +81,8 @@ def stopped_writer(sysroot: Path) -> Iterator[int]:
     try:
         yield pid
     finally:
-        os.kill(pid, signal.SIGCONT)
+        with contextlib.suppress(ProcessLookupError):  # the test continued it, and it is gone
+            os.kill(pid, signal.SIGCONT)
         wait_unlocked(sysroot)
 
 
@@ -110,15 +112,24 @@ def test_install_live_returns_with_htop_live_while_the_deployment_is_being_writt
 
 
 def test_a_command_meanwhile_waits_for_the_writer_then_builds_on_its_deployment(
-        sysroot: Path, stopped_writer: int) -> None:
-    second = subprocess.Popen(
-        cli_argv(sysroot, "install", "hello-config"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(1)
+        sysroot: Path, stopped_writer: int, tmp_path: Path) -> None:
+    log = tmp_path / "second.err"
+    with open(log, "w") as err_file:
+        second = subprocess.Popen(cli_argv(sysroot, "install", "hello-config"), stdout=subprocess.DEVNULL,
+                                  stderr=err_file, text=True)
+    # It says it waits, and keeps waiting, while the writer is stopped (however slowly it starts).
+    deadline = time.monotonic() + 60
+    while "waiting for the sysroot lock" not in log.read_text():
+        assert second.poll() is None, f"the second command ended without waiting for the lock:\n{log.read_text()}"
+        assert time.monotonic() < deadline, "the second command never said it waits for the lock"
+        time.sleep(0.02)
+    time.sleep(0.5)
     assert second.poll() is None, "the second command should wait for the sysroot lock"
     os.kill(stopped_writer, signal.SIGCONT)
-    _, err = second.communicate(timeout=120)
+    second.wait(timeout=120)
+    err = log.read_text()
     assert second.returncode == 0, err
-    assert f"held by lulayer (pid {stopped_writer}: {WRITER})" in err, err
+    assert f"waiting for the sysroot lock, held by lulayer (pid {stopped_writer}: {WRITER})" in err, err
 
     assert "requested=hello-config;htop;" in origin_of(pending(sysroot))
     assert len(deployments(sysroot)) == 2  # the writer's deployment was replaced by the second one's
