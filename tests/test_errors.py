@@ -186,10 +186,13 @@ def test_unsigned_package_under_gpgcheck_is_refused(sysroot: Path, tmp_path: Pat
     gnupg = tmp_path / "gnupg"
     gnupg.mkdir(mode=0o700)
     env = dict(os.environ, GNUPGHOME=str(gnupg))
-    subprocess.run(["gpg", "--batch", "--passphrase", "", "--quick-gen-key", "lulayer test <test@lulayer.invalid>",
-                    "default", "default", "never"], env=env, check=True, capture_output=True)
-    key = subprocess.run(["gpg", "--batch", "--armor", "--export", "test@lulayer.invalid"],
-                         env=env, check=True, capture_output=True).stdout
+    try:
+        subprocess.run(["gpg", "--batch", "--passphrase", "", "--quick-gen-key", "lulayer test <test@lulayer.invalid>",
+                        "default", "default", "never"], env=env, check=True, capture_output=True)
+        key = subprocess.run(["gpg", "--batch", "--armor", "--export", "test@lulayer.invalid"],
+                             env=env, check=True, capture_output=True).stdout
+    finally:  # the agent gpg started for this home would outlive the test
+        subprocess.run(["gpgconf", "--kill", "gpg-agent"], env=env, capture_output=True)
     assert b"BEGIN PGP PUBLIC KEY BLOCK" in key
     key_dir = fixtures_build.booted_deployment(sysroot) / "etc/pki/rpm-gpg"
     key_dir.mkdir(parents=True, exist_ok=True)
