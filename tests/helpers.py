@@ -94,17 +94,24 @@ def ostree_fsck(sysroot: Path) -> None:
     assert "corrupt" not in (proc.stdout + proc.stderr).lower(), describe(proc)
 
 
-def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
-    """Assert PROC failed the way the CLI refuses: non-zero, one `error:` line on stderr,
-    no traceback; returns that line."""
-    assert proc.returncode not in (0, None), describe(proc)
-    assert proc.returncode > 0, describe(proc)  # an exit, not a signal
-    assert "Traceback" not in proc.stderr, describe(proc)
+def one_error_line(proc: subprocess.CompletedProcess[str], *needles: str) -> str:
+    """Assert PROC failed the way the CLI refuses (the error contract: without --debug an error
+    is one line): an exit status above 0 (not a signal), exactly one line on stderr, starting
+    `error: ` (so no traceback), holding every one of NEEDLES. Returns that line."""
+    assert proc.returncode is not None and proc.returncode > 0, describe(proc)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("error:")]
-    assert len(errors) == 1, describe(proc)
-    assert lines[-1] == errors[0], describe(proc)
-    return errors[0]
+    assert len(lines) == 1 and lines[0].startswith("error: "), describe(proc)
+    for needle in needles:
+        assert needle in lines[0], f"{needle!r} is not in the error line\n{describe(proc)}"
+    return lines[0]
+
+
+def spawn_lulayer(sysroot: Path, args: Sequence[str], log: Path) -> subprocess.Popen[bytes]:
+    """Start `lulayer --sysroot SYSROOT ARGS...` in a session of its own (os.killpg kills it and
+    its children), its stdout and stderr to LOG; the caller waits for it."""
+    with open(log, "wb") as out:
+        return subprocess.Popen(cli_argv(sysroot, *args), stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, env=dict(os.environ, LC_ALL="C"))
 
 
 # --------------------------------------------------------------------------- sysroot layout

@@ -252,7 +252,7 @@ def test_upgrade_takes_new_version_then_reports_nothing_to_do(sysroot: Path, tmp
 
     before = deployments(sysroot)
     again = lulayer(sysroot, "upgrade")
-    assert "No upgrade available" in again.stdout + again.stderr
+    assert again.stdout.strip() == "No upgrade available.", again.stdout
     assert deployments(sysroot) == before
 
 

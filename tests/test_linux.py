@@ -62,3 +62,4 @@ def test_raw_syscall_fallback_exchanges(tmp_path: Path) -> None:
     with fsutil.opened_dir(tmp_path) as d:
         assert linux._raw_renameat2(d, b"a", d, b"b", linux.RENAME_EXCHANGE) == 0
     assert (tmp_path / "a").read_text() == "b"
+    assert (tmp_path / "b").read_text() == "a", "an exchange, not a rename over"

@@ -52,12 +52,22 @@ def assert_usr_is_commit(sysroot: Path, live: Path, commit: str, scratch: Path) 
     assert not diff, "\n".join(diff[:40])
 
 
+def assert_not_found(ran: subprocess.CompletedProcess[str]) -> None:
+    """chroot(8) could not find the command (exit 127), rather than failing some other way."""
+    assert ran.returncode == 127 and "No such file or directory" in ran.stderr, describe(ran)
+
+
+def _status_deployments(sysroot: Path) -> list[dict[str, object]]:
+    deps: list[dict[str, object]] = json.loads(lulayer(sysroot, "status", "--json").stdout)["deployments"]
+    return deps
+
+
 # --------------------------------------------------------------------------- install, uninstall
 
 
 def test_install_live_runs_htop_now_and_after_reboot(sysroot: Path) -> None:
     live = booted(sysroot)
-    assert chroot(live, "htop").returncode != 0
+    assert_not_found(chroot(live, "htop"))
 
     lulayer(sysroot, "install", "htop", "--live")
 
@@ -114,9 +124,9 @@ def test_uninstall_live_removes_htop_now_and_from_next_boot(sysroot: Path) -> No
 
     out = lulayer(sysroot, "uninstall", "htop", "--live")
 
-    assert "htop" in out.stdout
-    assert chroot(live, "htop").returncode != 0
-    assert rpm(live, "-q", "htop").returncode != 0
+    assert "Live removed: htop-3.3.0-1.fc41.x86_64" in out.stdout, describe(out)
+    assert_not_found(chroot(live, "htop"))
+    assert rpm(live, "-q", "htop").stdout == "package htop is not installed\n"
     assert not (live / "usr/bin/htop").exists()
     assert rpm_names(live) == BASE
     nxt = pending(sysroot)
@@ -153,12 +163,13 @@ def test_upgrade_live_needs_allow_replacement(sysroot: Path, tmp_path: Path) -> 
 
     refused = lulayer(sysroot, "upgrade", "--live", check=False)
 
-    line = one_error_line(refused)
-    assert "--allow-replacement" in line
+    one_error_line(refused, "packages would be replaced: upgrademe-1.0-1.fc41.x86_64 -> upgrademe-2.0-1.fc41.x86_64",
+                   "pass --allow-replacement to apply it live")
     assert tree_entries(live / "usr", ignore_names=RPMDB_RUNTIME_FILES) == before
     assert chroot(live, "upgrademe").stdout.strip() == "upgrademe 1.0"
-    (b,) = [d for d in json.loads(lulayer(sysroot, "status", "--json").stdout)["deployments"] if d["booted"]]
-    assert not b.get("live-inprogress")
+    (b,) = [d for d in _status_deployments(sysroot) if d["booted"]]
+    assert b["live-inprogress"] is None and b["live-replaced"] is None
+    live_before = b["live-commit"]
 
     lulayer(sysroot, "upgrade", "--live", "--allow-replacement")
 
@@ -167,6 +178,10 @@ def test_upgrade_live_needs_allow_replacement(sysroot: Path, tmp_path: Path) -> 
     assert (live / "usr/share/upgrademe/new-in-2").read_text() == "new in upgrademe 2.0\n"
     assert rpm(live, "-q", "--qf", "%{VERSION}", "upgrademe").stdout == "2.0"
     assert (pending(sysroot) / "usr/share/upgrademe/new-in-2").is_file()
+    (b,) = [d for d in _status_deployments(sysroot) if d["booted"]]
+    assert b["live-commit"] == commit_of(pending(sysroot)) != live_before
+    assert b["live-replaced"] == b["live-commit"], "upgrademe's files were replaced and removed live"
+    assert b["live-inprogress"] is None
     ostree_fsck(sysroot)
 
 
@@ -180,7 +195,7 @@ def test_apply_live_reset_returns_to_booted_set_and_keeps_pending(sysroot: Path)
 
     lulayer(sysroot, "apply-live", "--reset")
 
-    assert chroot(live, "htop").returncode != 0
+    assert_not_found(chroot(live, "htop"))
     assert not (live / "usr/bin/htop").exists()
     assert rpm_names(live) == BASE
     assert fstype_at(live / "usr") is None
@@ -275,7 +290,6 @@ def test_rpm_readers_see_old_or_new_package_set_never_a_mix(sysroot: Path) -> No
     assert {r[1] for r in results} == {frozenset(old), frozenset(new)}, "the reader saw only one state"
     bad = [r for r in results if r[0] != 0 or r[2] or r[1] not in (old, new)]
     assert not bad, bad[:5]
-    assert {r[1] for r in results} <= {frozenset(old), frozenset(new)}
 
 
 # --------------------------------------------------------------------------- /etc and units
@@ -325,8 +339,7 @@ def test_apply_live_without_pending_deployment_is_refused_and_changes_nothing(sy
 
     refused = lulayer(sysroot, "apply-live", check=False)
 
-    line = one_error_line(refused)
-    assert "pending" in line
+    one_error_line(refused, "there is no pending deployment to apply")
     assert fstype_at(live / "usr") is None
     assert tree_diff(before, tree_entries(sysroot, with_inodes=True)) == []
 
@@ -335,8 +348,9 @@ def test_status_shows_live_state_after_install_live(sysroot: Path) -> None:
     lulayer(sysroot, "install", "htop", "--live")
     text = lulayer(sysroot, "status").stdout
     assert "LiveCommit" in text and "LiveDiff" in text
-    deps = json.loads(lulayer(sysroot, "status", "--json").stdout)["deployments"]
-    (b,) = [d for d in deps if d["booted"]]
-    assert "live-inprogress" in b and not b["live-inprogress"]
-    assert "live-replaced" in b
-    assert b.get("live-commit") == commit_of(pending(sysroot))
+    (b,) = [d for d in _status_deployments(sysroot) if d["booted"]]
+    assert b["live-inprogress"] is None
+    # live-replaced names the live commit once files of the booted commit were changed or
+    # removed live; installing htop only added files (the rpmdb does not count).
+    assert b["live-replaced"] is None
+    assert b["live-commit"] == commit_of(pending(sysroot))

@@ -8,6 +8,7 @@ written (the writer was killed), failed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -54,10 +55,17 @@ def _install_live_with_writer_killed(sysroot: Path) -> subprocess.CompletedProce
     return out
 
 
-def _writer_pid(sysroot: Path) -> int:
-    pid, _, what = (sysroot / "run/lulayer/lock.owner").read_text().partition(" ")
-    assert what.strip() == WRITER, what
-    return int(pid)
+def _writer_pid(sysroot: Path) -> int | None:
+    """The pid of the detached writer while it holds the sysroot lock, else None."""
+    try:
+        pid, _, what = (sysroot / "run/lulayer/lock.owner").read_text().partition(" ")
+    except FileNotFoundError:
+        return None
+    return int(pid) if what.strip() == WRITER else None
+
+
+def _is_stopped(pid: int) -> bool:
+    return Path(f"/proc/{pid}/stat").read_text().rpartition(") ")[2].startswith("T")
 
 
 @pytest.fixture
@@ -65,20 +73,16 @@ def stopped_writer(sysroot: Path) -> Iterator[int]:
     """install htop --live returned; its writer is stopped (SIGSTOP) before writing. Yields its pid."""
     lulayer(sysroot, "install", "htop", "--live", env={FAULT_ENV: "staged-stop"}, settle=False)
     deadline = time.monotonic() + 30
-    pid = None
-    while time.monotonic() < deadline:
-        try:
-            pid = _writer_pid(sysroot)
-            if Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("T"):
-                break
-        except (FileNotFoundError, AssertionError):
-            pass
+    pid = _writer_pid(sysroot)
+    while not (pid is not None and _is_stopped(pid)):
+        assert time.monotonic() < deadline, f"no stopped detached writer holds the lock (writer pid {pid})"
         time.sleep(0.02)
-    assert pid is not None, "no detached writer holds the lock"
+        pid = _writer_pid(sysroot)
     try:
         yield pid
     finally:
-        os.kill(pid, signal.SIGCONT)
+        with contextlib.suppress(ProcessLookupError):  # the test continued it, and it is gone
+            os.kill(pid, signal.SIGCONT)
         wait_unlocked(sysroot)
 
 
@@ -108,15 +112,24 @@ def test_install_live_returns_with_htop_live_while_the_deployment_is_being_writt
 
 
 def test_a_command_meanwhile_waits_for_the_writer_then_builds_on_its_deployment(
-        sysroot: Path, stopped_writer: int) -> None:
-    second = subprocess.Popen(
-        cli_argv(sysroot, "install", "hello-config"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(1)
+        sysroot: Path, stopped_writer: int, tmp_path: Path) -> None:
+    log = tmp_path / "second.err"
+    with open(log, "w") as err_file:
+        second = subprocess.Popen(cli_argv(sysroot, "install", "hello-config"), stdout=subprocess.DEVNULL,
+                                  stderr=err_file, text=True)
+    # It says it waits, and keeps waiting, while the writer is stopped (however slowly it starts).
+    deadline = time.monotonic() + 60
+    while "waiting for the sysroot lock" not in log.read_text():
+        assert second.poll() is None, f"the second command ended without waiting for the lock:\n{log.read_text()}"
+        assert time.monotonic() < deadline, "the second command never said it waits for the lock"
+        time.sleep(0.02)
+    time.sleep(0.5)
     assert second.poll() is None, "the second command should wait for the sysroot lock"
     os.kill(stopped_writer, signal.SIGCONT)
-    _, err = second.communicate(timeout=120)
+    second.wait(timeout=120)
+    err = log.read_text()
     assert second.returncode == 0, err
-    assert f"held by lulayer (pid {stopped_writer}: {WRITER})" in err, err
+    assert f"waiting for the sysroot lock, held by lulayer (pid {stopped_writer}: {WRITER})" in err, err
 
     assert "requested=hello-config;htop;" in origin_of(pending(sysroot))
     assert len(deployments(sysroot)) == 2  # the writer's deployment was replaced by the second one's
@@ -183,20 +196,23 @@ def test_cleanup_pending_drops_a_staged_deployment_unwritten(sysroot: Path) -> N
 
 def test_failed_write_is_recorded_shown_and_blocks_until_fixed(sysroot: Path) -> None:
     _install_live_with_writer_killed(sysroot)
+    record = staged_record(sysroot)
+    assert record is not None
+    failure = f"writing the staged deployment of {str(record['commit'])[:12]} failed: "
     deploy_dir = sysroot / "ostree" / "deploy" / fixture_build.OSNAME / "deploy"
     run(["chattr", "+i", deploy_dir], check=True)  # no new deployment folder can be made
     try:
         failed = lulayer(sysroot, "finalize", check=False)
         assert failed.returncode == 1, describe(failed)
-        line = one_error_line(failed)
-        assert line.startswith("error: writing the staged deployment of ") and "failed: " in line, line
+        one_error_line(failed, failure, "Operation not permitted", "drop it with `lulayer cleanup --pending`")
 
         record = staged_record(sysroot)
-        assert record is not None and record["error"]
+        assert record is not None and "Operation not permitted" in str(record["error"]), record
         text = lulayer(sysroot, "status").stdout
         assert "(pending, staged: write failed: " in text, text
         blocked = lulayer(sysroot, "install", "hello-config", check=False)
-        assert blocked.returncode == 1 and "writing the staged deployment" in one_error_line(blocked)
+        assert blocked.returncode == 1, describe(blocked)
+        one_error_line(blocked, failure)
         assert deployments(sysroot) == [booted(sysroot)]
     finally:
         run(["chattr", "-i", deploy_dir], check=True)

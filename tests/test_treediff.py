@@ -226,9 +226,9 @@ def test_walk_does_not_descend_identical_subtrees(
     d = diff_commits(repo, a, b, stats=stats)
     assert [e.path for e in d.changed_files] == ["/usr/bin/app", "/usr/share/many/d1234/f"]
     # root, /usr, /usr/bin, /usr/share, /usr/share/many, its d1234: both sides each,
-    # except the root and /usr on the way down, read once per commit too.
+    # except the root and /usr on the way down, read once per commit too; out of ~4000
+    # dirtrees in the two commits.
     assert stats.dirtrees_loaded == 2 * 6
-    assert stats.dirtrees_loaded < 20  # out of ~4000 dirtrees in the two commits
 
 
 def test_read_file_object_streams_content_and_metadata(
