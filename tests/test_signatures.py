@@ -7,16 +7,14 @@ The keys are made with gpg for the module, the packages signed with rpmsign.
 
 from __future__ import annotations
 
-import os
-import subprocess
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from fixtures import build as fixture_build
 from fixtures import rpmpatch
+from fixtures.keys import Key, signed_copy, two_keys
 from tests.helpers import (
     WITH_HTOP,
     booted,
@@ -38,44 +36,15 @@ HTOP_RPM = "htop-3.3.0-1.fc41.x86_64.rpm"
 NCURSES_RPM = "ncurses-libs-6.4-1.fc41.x86_64.rpm"
 
 
-@dataclass(frozen=True)
-class Key:
-    home: Path
-    keyid: str
-    public: bytes
-
-
-def _make_key(home: Path, uid: str) -> Key:
-    home.mkdir(mode=0o700, parents=True)
-    env = dict(os.environ, GNUPGHOME=str(home))
-    subprocess.run(["gpg", "--batch", "--passphrase", "", "--quick-gen-key", uid, "rsa2048", "sign", "never"],
-                   env=env, check=True, capture_output=True)
-    listing = subprocess.run(["gpg", "--batch", "--with-colons", "--list-keys", uid], env=env, check=True,
-                             capture_output=True, text=True).stdout
-    keyid = next(line.split(":")[4] for line in listing.splitlines() if line.startswith("pub:"))
-    public = subprocess.run(["gpg", "--batch", "--armor", "--export", keyid], env=env, check=True,
-                            capture_output=True).stdout
-    return Key(home, keyid, public)
-
-
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Key, Key]]:
-    top = tmp_path_factory.mktemp("gpg")
-    made = (_make_key(top / "tree", "lulayer tree key <tree@lulayer.invalid>"),
-            _make_key(top / "other", "lulayer other key <other@lulayer.invalid>"))
-    yield made
-    for key in made:
-        subprocess.run(["gpgconf", "--kill", "gpg-agent"], env=dict(os.environ, GNUPGHOME=str(key.home)),
-                       capture_output=True)
+    """The tree's key and another one."""
+    with two_keys(tmp_path_factory.mktemp("gpg")) as made:
+        yield made
 
 
-def signed_copy(rpm_file: Path, dest_dir: Path, key: Key) -> Path:
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    dest = dest_dir / rpm_file.name
-    dest.write_bytes(rpm_file.read_bytes())
-    run(["rpmsign", "--addsign", "--define", "__gpg /usr/bin/gpg", "--define", f"_gpg_name {key.keyid}",
-         "--define", f"_gpg_path {key.home}", str(dest)], check=True)
-    return dest
+def signed_into(rpm_file: Path, dest_dir: Path, key: Key) -> Path:
+    return signed_copy(rpm_file, dest_dir / rpm_file.name, key)
 
 
 def gpgcheck_with(sysroot: Path, key: Key) -> None:
@@ -83,7 +52,7 @@ def gpgcheck_with(sysroot: Path, key: Key) -> None:
     live = booted(sysroot)
     keyfile = live / "etc/pki/rpm-gpg/RPM-GPG-KEY-lulayer-tree"
     keyfile.parent.mkdir(parents=True, exist_ok=True)
-    keyfile.write_bytes(key.public)
+    keyfile.write_bytes(key.armored)
     f = live / fixture_build.REPO_FILE
     lines = [ln for ln in f.read_text().splitlines() if not ln.startswith(("gpgcheck=", "gpgkey="))]
     f.write_text("\n".join([*lines, "gpgcheck=1", "gpgkey=file:///etc/pki/rpm-gpg/RPM-GPG-KEY-lulayer-tree"]) + "\n")
@@ -111,7 +80,7 @@ def flip_byte(rpm_file: Path, *, in_payload: bool) -> None:
 def test_package_signed_with_the_trees_key_installs(sysroot: Path, tmp_path: Path, keys: tuple[Key, Key]) -> None:
     tree_key, _other = keys
     live = booted(sysroot)
-    signed = htop_pair(tmp_path, lambda p, d: signed_copy(p, d, tree_key))
+    signed = htop_pair(tmp_path, lambda p, d: signed_into(p, d, tree_key))
     assert tree_key.keyid[-8:].lower() in run(["rpm", "-qpi", "--nosignature", str(signed[0])]).stdout.lower()
     repo = fixture_build.make_repo(tmp_path / "repo", signed)
     point_repo_file(live, repo)
@@ -134,12 +103,12 @@ def test_bad_signatures_are_refused_before_anything_is_written(sysroot: Path, tm
     tree_key, other_key = keys
     live = booted(sysroot)
     if case == "other-key":
-        rpms = htop_pair(tmp_path, lambda p, d: signed_copy(p, d, other_key))
+        rpms = htop_pair(tmp_path, lambda p, d: signed_into(p, d, other_key))
     elif case.endswith("altered-after-signing"):
-        rpms = htop_pair(tmp_path, lambda p, d: signed_copy(p, d, tree_key))
+        rpms = htop_pair(tmp_path, lambda p, d: signed_into(p, d, tree_key))
         flip_byte(rpms[0], in_payload=case.startswith("payload"))
     else:
-        rpms = [signed_copy(fixture_build.rpm_path("htop"), tmp_path / "signed", tree_key),
+        rpms = [signed_into(fixture_build.rpm_path("htop"), tmp_path / "signed", tree_key),
                 fixture_build.rpm_path("ncurses-libs")]
     repo = fixture_build.make_repo(tmp_path / "repo", rpms)  # metadata digests match the files as they are
     point_repo_file(live, repo)

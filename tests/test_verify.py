@@ -7,72 +7,29 @@ folder, and the check reads them through rpm's keyring API.
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import rpm
 
 from fixtures import build as fixtures_build
+from fixtures.keys import Key, forget, make_key, signed_copy, two_keys
 from lulayer.errors import ResolveError
 from lulayer.layering.resolver import RepoConfig
 from lulayer.layering.verify import check_signature
 
 
-@dataclass(frozen=True)
-class Key:
-    home: Path
-    keyid: str
-    armored: bytes
-    binary: bytes
-
-
-def _gpg(home: Path, *args: str) -> bytes:
-    return subprocess.run(["gpg", "--batch", *args], env=dict(os.environ, GNUPGHOME=str(home)), check=True,
-                          capture_output=True).stdout
-
-
-def _make_key(home: Path, uid: str, *, signing_subkey: bool = False) -> Key:
-    """A key that signs with its primary key, or (signing_subkey) a certify-only primary key
-    with a signing subkey, as vendors such as Google ship theirs."""
-    home.mkdir(mode=0o700, parents=True)
-    _gpg(home, "--passphrase", "", "--quick-gen-key", uid, "rsa2048", "cert" if signing_subkey else "sign", "never")
-    listing = _gpg(home, "--with-colons", "--list-keys", uid).decode()
-    fields = [line.split(":") for line in listing.splitlines()]
-    keyid = next(f[4] for f in fields if f[0] == "pub")
-    if not signing_subkey:
-        return Key(home, keyid, _gpg(home, "--armor", "--export", keyid), _gpg(home, "--export", keyid))
-    fingerprint = next(f[9] for f in fields if f[0] == "fpr")
-    _gpg(home, "--passphrase", "", "--quick-add-key", fingerprint, "rsa2048", "sign", "never")
-    listing = _gpg(home, "--with-colons", "--list-keys", uid).decode()
-    subkey = next(line.split(":")[4] for line in listing.splitlines() if line.startswith("sub:"))
-    # "!": sign with exactly this subkey
-    return Key(home, subkey + "!", _gpg(home, "--armor", "--export", keyid), _gpg(home, "--export", keyid))
-
-
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Key, Key]]:
     """The repository's key and another one."""
-    top = tmp_path_factory.mktemp("gpg")
-    made = (_make_key(top / "repo", "lulayer repo key <repo@lulayer.invalid>"),
-            _make_key(top / "other", "lulayer other key <other@lulayer.invalid>"))
-    yield made
-    for key in made:
-        subprocess.run(["gpgconf", "--kill", "gpg-agent"], env=dict(os.environ, GNUPGHOME=str(key.home)),
-                       capture_output=True)
+    with two_keys(tmp_path_factory.mktemp("gpg")) as made:
+        yield made
 
 
 def signed(dest: Path, key: Key | None) -> Path:
     """A copy of the fixture htop RPM at dest, signed with key (None: left unsigned)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_bytes(fixtures_build.rpm_path("htop").read_bytes())
-    if key is not None:
-        subprocess.run(["rpmsign", "--addsign", "--define", "__gpg /usr/bin/gpg", "--define",
-                        f"_gpg_name {key.keyid}", "--define", f"_gpg_path {key.home}", str(dest)],
-                       check=True, capture_output=True)
-    return dest
+    return signed_copy(fixtures_build.rpm_path("htop"), dest, key)
 
 
 def header_end(path: Path) -> int:
@@ -111,12 +68,11 @@ def test_a_package_signed_with_the_repositorys_key_passes(tmp_path: Path, keys: 
 
 
 def test_a_package_signed_with_a_subkey_of_the_repositorys_key_passes(tmp_path: Path) -> None:
-    key = _make_key(tmp_path / "gpg", "lulayer vendor key <vendor@lulayer.invalid>", signing_subkey=True)
+    key = make_key(tmp_path / "gpg", "lulayer vendor key <vendor@lulayer.invalid>", signing_subkey=True)
     try:
         check_signature(signed(tmp_path / "htop.rpm", key), repo_with_keys(tmp_path, key.armored))
     finally:
-        subprocess.run(["gpgconf", "--kill", "gpg-agent"], env=dict(os.environ, GNUPGHOME=str(key.home)),
-                       capture_output=True)
+        forget(key)
 
 
 @pytest.mark.parametrize("layout", ["binary-key", "two-blocks-in-one-file", "two-files"])
