@@ -11,8 +11,10 @@ from __future__ import annotations
 import errno
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import PurePosixPath
 from typing import Any, Final
 
 import gi
@@ -45,6 +47,10 @@ def _under(path: str, prefix: str) -> bool:
     return prefix == "/" or path == prefix or path.startswith(prefix + "/")
 
 
+def _at_or_below_any(path: str, prefixes: Collection[str]) -> bool:
+    return path in prefixes or any(str(p) in prefixes for p in PurePosixPath(path).parents)
+
+
 @dataclass(frozen=True)
 class TreeDiff:
     """What changes from one commit to another.
@@ -52,7 +58,13 @@ class TreeDiff:
     Apply it in this order: removed_files, removed_dirs (children first), then
     added_dirs (parents first), added_files, changed_files, changed_dirs. A path
     that turned from a file into a directory (or back) is in both a removed and an
-    added list, so removals must go first.
+    added list (see retyped), so removals must go first.
+
+    replaced_dirs names the directories of both commits that keep none of their
+    entries: every file of the old one is removed or changed and none of its
+    subdirectories stays one. Their content is in the other lists too; they say
+    where the new content can be built beside and swapped in whole, at no more cost
+    than writing it in place.
     """
 
     added_dirs: tuple[DirEntry, ...] = ()  # parents before children
@@ -61,6 +73,13 @@ class TreeDiff:
     removed_files: tuple[str, ...] = ()  # includes files inside removed dirs
     removed_dirs: tuple[str, ...] = ()  # children before parents
     changed_dirs: tuple[DirEntry, ...] = ()  # same path, dirmeta differs (the new meta)
+    replaced_dirs: tuple[DirEntry, ...] = ()  # in both, none of the old entries kept (the new meta)
+
+    @property
+    def retyped(self) -> frozenset[str]:
+        """The paths that are a directory in one commit and a file or symlink in the other."""
+        added = {e.path for e in self.added_dirs} | {e.path for e in self.added_files}
+        return frozenset(added & {*self.removed_files, *self.removed_dirs})
 
     @property
     def is_empty(self) -> bool:
@@ -84,7 +103,13 @@ class TreeDiff:
             removed_files=tuple(x for x in self.removed_files if keep(x)),
             removed_dirs=tuple(x for x in self.removed_dirs if keep(x)),
             changed_dirs=tuple(e for e in self.changed_dirs if keep(e.path)),
+            replaced_dirs=tuple(e for e in self.replaced_dirs if keep(e.path)),
         )
+
+    def without(self, paths: Collection[str]) -> TreeDiff:
+        """The part of the diff at none of paths nor below them."""
+        skip = set(paths)
+        return self._select(lambda path: not _at_or_below_any(path, skip))
 
     def under(self, prefix: str) -> TreeDiff:
         """The part of the diff at prefix or below it."""
@@ -163,6 +188,7 @@ class _Walk:
     removed_files: list[str] = field(default_factory=list)
     removed_dirs: list[str] = field(default_factory=list)
     changed_dirs: list[DirEntry] = field(default_factory=list)
+    replaced_dirs: list[DirEntry] = field(default_factory=list)
 
     def tree(self, checksum: str) -> Any:
         self.stats.dirtrees_loaded += 1
@@ -184,7 +210,7 @@ class _Walk:
             self.remove(_join(path, name), sub_tree)
         self.removed_dirs.append(path)
 
-    def compare(self, path: str, a: tuple[str, str], b: tuple[str, str]) -> None:
+    def compare(self, path: str, a: tuple[str, str], b: tuple[str, str], *, top: bool = False) -> None:
         """Both sides are directories at path."""
         if a[1] != b[1]:
             self.changed_dirs.append(DirEntry(path, b[1]))
@@ -193,10 +219,15 @@ class _Walk:
         ta, tb = self.tree(a[0]), self.tree(b[0])
         # A name can't be a file and a dir in one tree, so when the file lists are
         # equal no name changed kind, and the dir lists can be compared on their own.
-        same_files = ta.get_child_value(0).equal(tb.get_child_value(0))
-        same_dirs = ta.get_child_value(1).equal(tb.get_child_value(1))
+        old_files, old_dirs = ta.get_child_value(0), ta.get_child_value(1)
+        same_files = old_files.equal(tb.get_child_value(0))
+        same_dirs = old_dirs.equal(tb.get_child_value(1))
         fa, fb = ({}, {}) if same_files else (_files(ta), _files(tb))
         da, db = ({}, {}) if same_dirs else (_dirs(ta), _dirs(tb))
+        kept = ((same_files and old_files.n_children() > 0) or (same_dirs and old_dirs.n_children() > 0)
+                or any(fb.get(name) == csum for name, csum in fa.items()) or not da.keys().isdisjoint(db))
+        if not kept and not top and (old_files.n_children() or old_dirs.n_children()):
+            self.replaced_dirs.append(DirEntry(path, b[1]))
         for name in sorted(fa.keys() | fb.keys() | da.keys() | db.keys()):
             p = _join(path, name)
             in_fa, in_fb, in_da, in_db = name in fa, name in fb, name in da, name in db
@@ -224,6 +255,7 @@ class _Walk:
             removed_files=tuple(self.removed_files),
             removed_dirs=tuple(self.removed_dirs),
             changed_dirs=tuple(self.changed_dirs),
+            replaced_dirs=tuple(self.replaced_dirs),
         )
 
 
@@ -265,12 +297,48 @@ def diff_commits(
     a = _find_dir(walk, _resolve_commit(repo, from_commit), sub)
     b = _find_dir(walk, _resolve_commit(repo, to_commit), sub)
     if a is not None and b is not None:
-        walk.compare(sub, a, b)
+        walk.compare(sub, a, b, top=True)
     elif a is not None:
         walk.remove(sub, a[0])
     elif b is not None:
         walk.add(sub, *b)
     return walk.result()
+
+
+class Kind(StrEnum):
+    """What an entry of a commit is."""
+
+    FILE = "file"
+    SYMLINK = "symlink"
+    DIRECTORY = "directory"
+
+
+def kinds_at(repo: OSTree.Repo, commit: str, paths: Collection[str]) -> dict[str, Kind | None]:
+    """What each of paths is in commit (None: no such path)."""
+    root = _load_root(repo, commit)
+    out: dict[str, Kind | None] = {}
+    for path in paths:
+        try:
+            info = root.resolve_relative_path(path.lstrip("/")).query_info(
+                "standard::type", Gio.FileQueryInfoFlags.NOFOLLOW_SYMLINKS, None)
+        except GLib.Error as e:
+            if not e.matches(Gio.io_error_quark(), Gio.IOErrorEnum.NOT_FOUND):
+                raise LiveApplyError(f"cannot read {path} of commit {commit}: {e.message}",
+                                     hint="the repository is incomplete or damaged; run `ostree fsck`") from e
+            out[path] = None
+            continue
+        out[path] = {Gio.FileType.DIRECTORY: Kind.DIRECTORY,
+                     Gio.FileType.SYMBOLIC_LINK: Kind.SYMLINK}.get(info.get_file_type(), Kind.FILE)
+    return out
+
+
+def _load_root(repo: OSTree.Repo, commit: str) -> Any:
+    try:
+        _, root, _ = repo.read_commit(commit, None)
+    except GLib.Error as e:
+        raise LiveApplyError(f"cannot read commit {commit} from the repository: {e.message}",
+                             hint="the repository is incomplete or damaged; run `ostree fsck`") from e
+    return root
 
 
 def _xattr_list(v: GLib.Variant | None) -> tuple[tuple[str, bytes], ...]:

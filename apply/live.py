@@ -8,12 +8,21 @@ The transaction, after the design this project comes from:
   3. "in progress, target = COMMIT" is recorded before /usr is touched;
   4. the diff of the live commit against the target, from content checksums,
      is applied: the new-file set (parents first), then changed files (each
-     written beside its target and renamed over it), then the rpmdb, built
-     whole as NAME.new and swapped in with renameat2(RENAME_EXCHANGE), then
-     removals;
+     written beside its target and renamed over it), then the replaced-directory
+     set (below), then the rpmdb, built whole as NAME.new and swapped in with
+     renameat2(RENAME_EXCHANGE), then removals;
   5. /etc gains the target's new config files that it lacks;
   6. "done, live = target" is recorded.
 Interrupted anywhere, the same call finishes it: every step is idempotent.
+
+The replaced-directory set is every path whose new tree is swapped in whole: a
+path that changes between a directory and a file or symlink, and a directory
+that keeps none of its entries. Its new tree is built beside it under a
+temporary name (fsutil.temp_name), then exchanged with it in one
+renameat2(RENAME_EXCHANGE), so no reader sees a moment with neither; the old
+tree, now under the temporary name, goes with the removals. Killed before the
+exchange, the old tree is in place; after it, the new one: the next run removes
+the temporary names it finds beside the set and does the same again.
 """
 
 from __future__ import annotations
@@ -22,14 +31,23 @@ import errno
 import os
 import stat
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from gi.repository import Gio, GLib
 
 from lulayer.apply import state as live_state
-from lulayer.apply.diff import DirEntry, FileEntry, TreeDiff, diff_commits, read_dir_meta, read_file_object
+from lulayer.apply.diff import (
+    DirEntry,
+    FileEntry,
+    Kind,
+    TreeDiff,
+    diff_commits,
+    kinds_at,
+    read_dir_meta,
+    read_file_object,
+)
 from lulayer.errors import LiveApplyError
 from lulayer.faults import fault
 from lulayer.fsutil import (
@@ -58,6 +76,10 @@ from lulayer.sysroot import Deployment, Sysroot
 
 STEPS = ("marked", "overlay", "files-half", "files", "rpmdb-new", "exchanged", "removed", "etc")
 RESET_STEPS = ("reset-marked", "reset-unmounted")  # the same, for apply-live --reset
+# Fault points of each path of the replaced-directory set: "STEP" stops at the first path,
+# "STEP:/usr/PATH" at that one.
+REPLACE_STEPS = ("replace-half-built", "replace-built", "replace-swapped", "replace-half-removed")
+_NAMED_TYPE_CHANGES = 8  # named in a refusal; the rest are counted
 _UNIT_DIRS = ("/usr/lib/systemd/system/", "/usr/lib/systemd/user/")
 
 
@@ -174,54 +196,131 @@ def _rel(path: str, prefix: str) -> str:
     return path[len(prefix):] or "/"
 
 
+class _Failed(Exception):
+    """An OSError, with what was being done when it struck (see _doing)."""
+
+    def __init__(self, what: str, error: OSError) -> None:
+        super().__init__(f"{what}: {error}")
+        self.what = what
+        self.error = error
+
+
+@contextmanager
+def _doing(what: str) -> Iterator[None]:
+    """Name the operation in the error an OSError in the block becomes; the innermost name wins."""
+    try:
+        yield
+    except OSError as e:
+        raise _Failed(what, e) from e
+
+
+@dataclass(frozen=True)
+class _Replacement:
+    """A path of the replaced-directory set and its new tree."""
+
+    path: str
+    dirs: tuple[DirEntry, ...]  # parents first, path itself first when the new tree is a directory
+    files: tuple[FileEntry, ...]  # path itself when the new tree is a file or symlink
+
+
+def _replaced_set(diff: TreeDiff, dbpath: PurePosixPath) -> tuple[tuple[_Replacement, ...], TreeDiff]:
+    """The replaced-directory set of diff, topmost paths only, and the rest of the diff.
+
+    The rpmdb's folder and its parents are left out: the rpmdb is swapped on its own.
+    """
+    whole = {e.path: e for e in diff.replaced_dirs}
+    db = str(dbpath)
+    found = {p for p in diff.retyped | whole.keys() if p != db and not db.startswith(p + "/")}
+    roots = {p for p in found if not any(str(a) in found for a in PurePosixPath(p).parents)}
+    if not roots:
+        return (), diff
+
+    def root_of(path: str) -> str | None:
+        if path in roots:
+            return path
+        return next((str(a) for a in PurePosixPath(path).parents if str(a) in roots), None)
+
+    dirs: dict[str, list[DirEntry]] = {p: [whole[p]] if p in whole else [] for p in roots}
+    files: dict[str, list[FileEntry]] = {p: [] for p in roots}
+    for d in diff.added_dirs:
+        if (r := root_of(d.path)) is not None:
+            dirs[r].append(d)
+    for f in (*diff.added_files, *diff.changed_files):
+        if (r := root_of(f.path)) is not None:
+            files[r].append(f)
+    replaced = tuple(_Replacement(p, tuple(dirs[p]), tuple(files[p])) for p in sorted(roots))
+    return replaced, diff.without(roots)
+
+
 class _Applier:
     def __init__(self, sysroot: Sysroot, tree: _Tree, prefix: str) -> None:
         self.repo = sysroot.repo
         self.tree = tree
         self.prefix = prefix
 
+    def where(self, path: str) -> str:
+        """path as the file system sees it, for messages."""
+        return f"{self.tree.root}{_rel(path, self.prefix)}"
+
     def make_dir(self, e: DirEntry) -> None:
-        meta = read_dir_meta(self.repo, e.meta_checksum)
         parent, name = self.tree.split(_rel(e.path, self.prefix))
         try:
-            os.mkdir(name, 0o700, dir_fd=parent)
-        except FileExistsError:
-            st = os.lstat(name, dir_fd=parent)
+            with _doing(f"creating the directory {self.where(e.path)}"):
+                os.mkdir(name, 0o700, dir_fd=parent)
+        except _Failed as failed:
+            if not isinstance(failed.error, FileExistsError):
+                raise
+            with _doing(f"looking at {self.where(e.path)}"):
+                st = os.lstat(name, dir_fd=parent)
             if not stat.S_ISDIR(st.st_mode):
-                # Not ours: neither commit has it (a file that becomes a directory was removed
-                # first), so someone put it there; it may point out of the tree.
+                # Not ours: neither commit has it (a path that changes type is swapped whole,
+                # see _replaced_set), so someone put it there; it may point out of the tree.
                 kind = "a symlink" if stat.S_ISLNK(st.st_mode) else "a file"
                 raise LiveApplyError(f"{self.tree.root}{_rel(e.path, self.prefix)} is {kind} where the update "
                                      "puts a directory",
                                      hint="move it aside (`lulayer apply-live --reset` first if /usr is "
                                           "live), then run `lulayer apply-live` again") from None
-        fd = open_dir(name, dir_fd=parent, follow_symlinks=False)
-        try:
-            os.fchown(fd, meta.uid, meta.gid)
-            os.fchmod(fd, stat.S_IMODE(meta.mode))
-            for k, v in meta.xattrs:
-                os.setxattr(fd, k, v)
-        finally:
-            os.close(fd)
+        self.set_dir_meta(e)
+
+    def set_dir_meta(self, e: DirEntry) -> None:
+        """Give the directory at e.path the owner, mode and xattrs of e's dirmeta."""
+        meta = read_dir_meta(self.repo, e.meta_checksum)
+        parent, name = self.tree.split(_rel(e.path, self.prefix))
+        with _doing(f"setting the owner, mode and xattrs of {self.where(e.path)}"):
+            fd = open_dir(name, dir_fd=parent, follow_symlinks=False)
+            try:
+                os.fchown(fd, meta.uid, meta.gid)
+                os.fchmod(fd, stat.S_IMODE(meta.mode))
+                for k, v in meta.xattrs:
+                    os.setxattr(fd, k, v)
+            finally:
+                os.close(fd)
 
     def write_file(self, e: FileEntry, dest: tuple[int, str] | None = None) -> None:
         obj = read_file_object(self.repo, e.checksum)
         parent, name = dest or self.tree.split(_rel(e.path, self.prefix))
-        if obj.is_symlink:
+        # Written elsewhere than e.path (dest), the caller names what it does.
+        with _doing(f"writing {self.where(e.path)}") if dest is None else nullcontext():
+            if not obj.is_symlink:
+                write_file_atomic(parent, name, obj.write_content, mode=obj.mode, uid=obj.uid, gid=obj.gid,
+                                  mtime=0, xattrs=obj.xattrs, sync_dir=False)
+                return
             tmp = temp_name(name)
             os.symlink(obj.symlink_target or "", tmp, dir_fd=parent)
-            os.chown(tmp, obj.uid, obj.gid, dir_fd=parent, follow_symlinks=False)
-            os.rename(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
-            return
-        write_file_atomic(parent, name, obj.write_content, mode=obj.mode, uid=obj.uid, gid=obj.gid,
-                          mtime=0, xattrs=obj.xattrs, sync_dir=False)
+            try:
+                os.chown(tmp, obj.uid, obj.gid, dir_fd=parent, follow_symlinks=False)
+                os.rename(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
+            except BaseException:
+                with suppress_errno(errno.ENOENT):
+                    os.unlink(tmp, dir_fd=parent)
+                raise
 
     def remove_file(self, path: str) -> None:
         try:
             parent, name = self.tree.split(_rel(path, self.prefix))
         except FileNotFoundError:
             return
-        with suppress_errno(errno.ENOENT):
+        with _doing(f"removing {self.where(path)}"), suppress_errno(errno.ENOENT):
             os.unlink(name, dir_fd=parent)
 
     def remove_dir(self, path: str) -> None:
@@ -231,7 +330,76 @@ class _Applier:
             parent, name = self.tree.split(rel)
         except FileNotFoundError:
             return
-        remove_tree_at(parent, name)
+        with _doing(f"removing {self.where(path)}"):
+            remove_tree_at(parent, name)
+
+    # The replaced-directory set: build beside, swap in, remove what was swapped out.
+
+    def build(self, r: _Replacement) -> str:
+        """Write r's new tree beside r.path under a temporary name; returns the name."""
+        tmp = temp_name(PurePosixPath(r.path).name)
+        beside = str(PurePosixPath(r.path).parent / tmp)
+        entries: list[DirEntry | FileEntry] = [
+            *(DirEntry(beside + d.path[len(r.path):], d.meta_checksum) for d in r.dirs),
+            *(FileEntry(beside + f.path[len(r.path):], f.checksum) for f in r.files),
+        ]
+        for i, e in enumerate(entries):
+            if isinstance(e, DirEntry):
+                self.make_dir(e)
+            else:
+                self.write_file(e)
+            if i + 1 == len(entries) // 2:
+                _fault("replace-half-built", r.path)
+        self.tree.forget(_rel(beside, self.prefix))
+        _fault("replace-built", r.path)
+        return tmp
+
+    def swap_in(self, r: _Replacement, tmp: str) -> None:
+        """Put the tree built at tmp in r.path's place in one step; the old one is left at tmp."""
+        rel = _rel(r.path, self.prefix)
+        self.tree.forget(rel)  # its fds would be the old tree's
+        parent, name = self.tree.split(rel)
+        with _doing(f"exchanging {self.where(r.path)} with the new tree built beside it"):
+            try:
+                renameat2(parent, tmp, parent, name, RENAME_EXCHANGE)
+            except OSError as e:
+                if e.errno not in (errno.ENOENT, errno.EXDEV, errno.EINVAL):
+                    raise
+                # ENOENT: nothing is there to swap out. EXDEV: an overlay without redirect_dir
+                # cannot move a lower directory, EINVAL: a file system without RENAME_EXCHANGE.
+                # Then the old tree goes first: a moment with neither.
+                with _doing(f"removing {self.where(r.path)}"):
+                    remove_tree_at(parent, name)
+                with _doing(f"renaming {self.where(r.path)}'s new tree over it"):
+                    os.rename(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
+        _fault("replace-swapped", r.path)
+
+    def remove_swapped_out(self, r: _Replacement, tmp: str) -> None:
+        parent_rel = _rel(str(PurePosixPath(r.path).parent), self.prefix)
+        parent = self.tree.dir_fd(parent_rel)
+        old = f"{self.where(str(PurePosixPath(r.path).parent))}/{tmp}"
+        with _doing(f"removing the tree swapped out of {self.where(r.path)} ({old})"):
+            try:
+                fd = open_dir(tmp, dir_fd=parent, follow_symlinks=False)
+            except OSError as e:
+                if e.errno not in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                    raise
+                remove_tree_at(parent, tmp)  # a file or symlink, or nothing
+                return
+            try:
+                children = os.listdir(fd)
+                for i, child in enumerate(children):
+                    remove_tree_at(fd, child)
+                    if i + 1 == len(children) // 2:
+                        _fault("replace-half-removed", r.path)
+            finally:
+                os.close(fd)
+            os.rmdir(tmp, dir_fd=parent)
+
+
+def _fault(step: str, path: str) -> None:
+    fault(step)
+    fault(f"{step}:{path}")
 
 
 def _commit_dir_files(sysroot: Sysroot, commit: str, path: PurePosixPath) -> list[FileEntry]:
@@ -259,14 +427,37 @@ def _running_kernels(root: Path, folder: bool) -> set[str]:
     return {p.name for p in mods.iterdir() if (p / "vmlinuz").exists()} if mods.is_dir() else set()
 
 
-def _check(diff: TreeDiff, changes: PackageChanges, kernels: set[str], *, allow_replacement: bool,
-           allow_removal: bool) -> None:
+def _type_changes(sysroot: Sysroot, diff: TreeDiff, source: str, target: str) -> list[tuple[str, Kind, Kind]]:
+    """(path, what it is, what it becomes) for each path of diff that changes type."""
+    retyped = sorted(diff.retyped)
+    if not retyped and not diff.changed_files:
+        return []
+    new: dict[str, Kind | None] = {
+        f.path: Kind.SYMLINK if read_file_object(sysroot.repo, f.checksum).is_symlink else Kind.FILE
+        for f in diff.changed_files}
+    old = kinds_at(sysroot.repo, source, [*retyped, *new])
+    new |= kinds_at(sysroot.repo, target, retyped)
+    out = []
+    for path in sorted(old):
+        before, after = old[path], new.get(path)
+        if before is not None and after is not None and before != after:
+            out.append((path, before, after))
+    return out
+
+
+def _check(diff: TreeDiff, changes: PackageChanges, kernels: set[str],
+           type_changes: list[tuple[str, Kind, Kind]], *, allow_replacement: bool, allow_removal: bool) -> None:
     for kver in kernels:
         if not diff.under(f"/usr/lib/modules/{kver}").is_empty:
             raise LiveApplyError(f"the update changes the running kernel's /usr/lib/modules/{kver}",
                                  hint="kernel changes need a reboot: `systemctl reboot`")
     if allow_replacement:
         return
+    if type_changes:
+        named = [f"{p} from a {old} into a {new}" for p, old, new in type_changes[:_NAMED_TYPE_CHANGES]]
+        more = len(type_changes) - len(named)
+        raise LiveApplyError(f"the update would turn {', '.join(named)}" + (f" and {more} more" if more else ""),
+                             hint="pass --allow-replacement to apply it live, or reboot into it")
     replaced = [f"{o.nevra} -> {n.nevra}" for o, n in changes.upgraded]
     removed = [] if allow_removal else [p.nevra for p in changes.removed]
     if replaced or removed:
@@ -282,16 +473,17 @@ def _check(diff: TreeDiff, changes: PackageChanges, kernels: set[str], *, allow_
 
 
 def _clean_temp_files(tree: _Tree, dirs: set[str]) -> None:
-    """Temp files a killed write left beside its target."""
+    """What a killed run left beside its targets under temporary names: files, and the
+    trees of the replaced-directory set, built or swapped out."""
     for rel in dirs:
         try:
             fd = tree.dir_fd(rel)
         except (FileNotFoundError, LiveApplyError):
             continue
-        for name in os.listdir(fd):
-            if TEMP_NAME_RE.match(name):
-                with suppress_errno(errno.ENOENT):
-                    os.unlink(name, dir_fd=fd)
+        with _doing(f"removing temporary files in {tree.root}{rel}"):
+            for name in os.listdir(fd):
+                if TEMP_NAME_RE.match(name):
+                    remove_tree_at(fd, name)
 
 
 def _exchange_rpmdb(sysroot: Sysroot, applier: _Applier, target: str, dbpath: PurePosixPath,
@@ -300,36 +492,42 @@ def _exchange_rpmdb(sysroot: Sysroot, applier: _Applier, target: str, dbpath: Pu
     parent_rel = _rel(str(dbpath.parent), applier.prefix)
     parent = applier.tree.dir_fd(parent_rel)
     name, new = dbpath.name, dbpath.name + ".new"
-    remove_tree_at(parent, new)  # a half-built or old database from an interrupted run
+    db, db_new = applier.where(str(dbpath)), applier.where(str(dbpath) + ".new")
+    with _doing(f"removing {db_new}"):
+        remove_tree_at(parent, new)  # a half-built or old database from an interrupted run
     if not exchange_ok:
         # An overlay without redirect_dir cannot exchange a lower directory (EXDEV).
         fd = applier.tree.dir_fd(_rel(str(dbpath), applier.prefix))
         keep = {PurePosixPath(f.path).name for f in files}
-        for f in files:
-            applier.write_file(f, (fd, PurePosixPath(f.path).name))
-        for stale in set(os.listdir(fd)) - keep:
-            with suppress_errno(errno.ENOENT, errno.EISDIR):
-                os.unlink(stale, dir_fd=fd)
-        os.fsync(fd)
+        with _doing(f"replacing the rpmdb in {db} file by file"):
+            for f in files:
+                applier.write_file(f, (fd, PurePosixPath(f.path).name))
+            for stale in set(os.listdir(fd)) - keep:
+                with suppress_errno(errno.ENOENT, errno.EISDIR):
+                    os.unlink(stale, dir_fd=fd)
+            os.fsync(fd)
         return "replaced file by file (the overlay on /usr has no redirect_dir)"
-    st = os.stat(name, dir_fd=parent)
-    os.mkdir(new, 0o700, dir_fd=parent)
-    fd = open_dir(new, dir_fd=parent, follow_symlinks=False)
-    try:
-        for f in files:
-            applier.write_file(f, (fd, PurePosixPath(f.path).name))
-        os.fchown(fd, st.st_uid, st.st_gid)
-        os.fchmod(fd, stat.S_IMODE(st.st_mode))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with _doing(f"building the new rpmdb in {db_new}"):
+        st = os.stat(name, dir_fd=parent)
+        os.mkdir(new, 0o700, dir_fd=parent)
+        fd = open_dir(new, dir_fd=parent, follow_symlinks=False)
+        try:
+            for f in files:
+                applier.write_file(f, (fd, PurePosixPath(f.path).name))
+            os.fchown(fd, st.st_uid, st.st_gid)
+            os.fchmod(fd, stat.S_IMODE(st.st_mode))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
     fault("rpmdb-new")
     applier.tree.forget(_rel(str(dbpath), applier.prefix))
-    renameat2(parent, new, parent, name, RENAME_EXCHANGE)
-    os.fsync(parent)
+    with _doing(f"exchanging {db_new} with {db}"):
+        renameat2(parent, new, parent, name, RENAME_EXCHANGE)
+        os.fsync(parent)
     fault("exchanged")
-    remove_tree_at(parent, new)
-    os.fsync(parent)
+    with _doing(f"removing the old rpmdb ({db_new})"):
+        remove_tree_at(parent, new)
+        os.fsync(parent)
     return "exchanged atomically"
 
 
@@ -397,6 +595,57 @@ def reset(sysroot: Sysroot) -> LiveResult:
     return LiveResult(source=source, target=booted.checksum, changes=changes, resumed=st.inprogress is not None)
 
 
+def _apply_usr(sysroot: Sysroot, applier: _Applier, files: TreeDiff, target: str, dbpath: PurePosixPath, *,
+               rpmdb_changed: bool, exchange_ok: bool, resumed: bool) -> str:
+    """Apply files (the diff but the rpmdb) to the live /usr, and the rpmdb when it changes:
+    new files, the replaced-directory set, the rpmdb, removals. Returns how the rpmdb went."""
+    replaced, rest = _replaced_set(files, dbpath)
+    if resumed:
+        parents = {_rel(str(PurePosixPath(p).parent), "/usr")
+                   for p in (*(e.path for e in (*rest.added_files, *rest.changed_files)), *(r.path for r in replaced))}
+        _clean_temp_files(applier.tree, parents)
+    for d in rest.added_dirs:
+        applier.make_dir(d)
+    entries = (*rest.added_files, *rest.changed_files)
+    for i, f in enumerate(entries):
+        applier.write_file(f)
+        if i == len(entries) // 2:
+            fault("files-half")
+    for d in rest.changed_dirs:
+        applier.set_dir_meta(d)
+    built = [applier.build(r) for r in replaced]
+    with _doing("syncing the file systems"):
+        os.sync()
+    fault("files")
+    for r, tmp in zip(replaced, built, strict=True):
+        applier.swap_in(r, tmp)
+    rpmdb = "unchanged"
+    if rpmdb_changed:
+        rpmdb = _exchange_rpmdb(sysroot, applier, target, dbpath, exchange_ok)
+    for path in rest.removed_files:
+        applier.remove_file(path)
+    for path in rest.removed_dirs:
+        applier.remove_dir(path)
+    for r, tmp in zip(replaced, built, strict=True):
+        applier.remove_swapped_out(r, tmp)
+    with _doing("syncing the file systems"):
+        os.sync()
+    fault("removed")
+    return rpmdb
+
+
+def _stopped(target: str, e: OSError | _Failed) -> LiveApplyError:
+    """The error of a live update an OSError stopped; only a full disk is told to free space."""
+    if isinstance(e, _Failed):
+        err, what = e.error, e.what
+    else:  # an operation no _doing names
+        err, what = e, "a file-system call" + (f" on {e.filename}" if e.filename else "")
+    again = "run `lulayer apply-live` to finish it, or `lulayer apply-live --reset`"
+    hint = f"free space, then {again}" if err.errno in (errno.ENOSPC, errno.EDQUOT) else f"once that is fixed, {again}"
+    return LiveApplyError(f"the live update to {target[:12]} stopped: {what} failed: [Errno {err.errno}] "
+                          f"{err.strerror or err}", hint=hint)
+
+
 def apply_live(sysroot: Sysroot, target: str, *, allow_replacement: bool = False,
                allow_removal: bool = False) -> LiveResult:
     """Make the live /usr the target commit's; see the module docstring for the steps."""
@@ -419,7 +668,8 @@ def apply_live(sysroot: Sysroot, target: str, *, allow_replacement: bool = False
     files = diff.outside(str(dbpath))
     rpmdb_changed = not diff.under(str(dbpath)).is_empty
     if not resumed:  # a resumed update was checked when it began
-        _check(files, changes, _running_kernels(root, sysroot.folder),
+        type_changes = [] if allow_replacement else _type_changes(sysroot, files, source, target)
+        _check(files, changes, _running_kernels(root, sysroot.folder), type_changes,
                allow_replacement=allow_replacement, allow_removal=allow_removal)
     try:
         live_state.write_state(sysroot, booted, live_state.begin(st, target))
@@ -429,43 +679,16 @@ def apply_live(sysroot: Sysroot, target: str, *, allow_replacement: bool = False
             tree = _Tree(usr)
             try:
                 applier = _Applier(sysroot, tree, "/usr")
-                if resumed:
-                    parents = {_rel(str(PurePosixPath(e.path).parent), "/usr")
-                               for e in (*files.added_files, *files.changed_files)}
-                    _clean_temp_files(tree, parents)
-                added_paths = {d.path for d in files.added_dirs} | {f.path for f in files.added_files}
-                for path in files.removed_files:  # a file becoming a directory or back goes first
-                    if path in added_paths:
-                        applier.remove_file(path)
-                for d in files.added_dirs:
-                    applier.make_dir(d)
-                entries = (*files.added_files, *files.changed_files)
-                for i, f in enumerate(entries):
-                    applier.write_file(f)
-                    if i == len(entries) // 2:
-                        fault("files-half")
-                os.sync()
-                fault("files")
-                rpmdb = "unchanged"
-                if rpmdb_changed:
-                    rpmdb = _exchange_rpmdb(sysroot, applier, target, dbpath, exchange_ok)
-                for path in files.removed_files:
-                    applier.remove_file(path)
-                for path in files.removed_dirs:
-                    applier.remove_dir(path)
-                os.sync()
-                fault("removed")
+                rpmdb = _apply_usr(sysroot, applier, files, target, dbpath, rpmdb_changed=rpmdb_changed,
+                                   exchange_ok=exchange_ok, resumed=resumed)
             finally:
                 tree.close()
         etc_added = _add_etc(sysroot, root, applier, diff)
         fault("etc")
-    except OSError as e:
-        # ENOSPC, EIO, EROFS...: the update stays "in progress" and is finished by the next
-        # command once the cause is gone; every step so far is safe to redo.
-        where = f" ({e.filename})" if e.filename else ""
-        raise LiveApplyError(f"the live update to {target[:12]} stopped: {e.strerror or e}{where}",
-                             hint="fix that (free space, ...), then run `lulayer apply-live` to finish it, "
-                                  "or `lulayer apply-live --reset`") from e
+    except (OSError, _Failed) as e:
+        # The update stays "in progress" and is finished by the next command once the cause
+        # is gone; every step so far is safe to redo.
+        raise _stopped(target, e) from e
     replaced = bool(files.changed_files or files.removed_files)
     live_state.write_state(sysroot, booted, live_state.finish(st, target, replaced))
     notes = () if exchange_ok or not rpmdb_changed else (f"rpmdb {rpmdb}",)

@@ -297,15 +297,15 @@ def build_spec_dir(specs: Path, name: str) -> Path:
 
 
 def leftover_temp_paths(sysroot: Path) -> list[str]:
-    """Leftover temporary files and folders lulayer could leave in SYSROOT: `.*.tmp` files
-    (outside the repository's objects), `*.new` folders, lulayer-* scratch in repo/tmp."""
+    """Leftover temporary files and folders lulayer could leave in SYSROOT: `.*.tmp` files and
+    folders (outside the repository's objects), `*.new` folders, lulayer-* scratch in repo/tmp."""
     found = []
     for dirpath, dirs, files in os.walk(sysroot):
         rel = os.path.relpath(dirpath, sysroot)
         if rel == os.path.join("ostree", "repo", "objects"):
             dirs[:] = []
             continue
-        found += [os.path.join(dirpath, f) for f in files if f.startswith(".") and f.endswith(".tmp")]
+        found += [os.path.join(dirpath, f) for f in [*files, *dirs] if f.startswith(".") and f.endswith(".tmp")]
         found += [os.path.join(dirpath, d) for d in dirs if d.endswith(".new") or
                   (rel == os.path.join("ostree", "repo", "tmp") and d.startswith("lulayer-"))]
     return sorted(found)

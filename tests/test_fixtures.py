@@ -32,11 +32,12 @@ REPO_NVRAS = {
     "hello-config-1.0-1.fc41.noarch",
     "postscript-1.0-1.fc41.noarch",
     "upgrademe-1.0-1.fc41.x86_64",
+    "typechange-1.0-1.fc41.noarch",
     "conflicts-base-1.0-1.fc41.noarch",
     "manyfiles-1.0-1.fc41.noarch",
     "needs-missing-1.0-1.fc41.noarch",
 }
-ALL_NVRAS = BASE_NVRAS | REPO_NVRAS | {"upgrademe-2.0-1.fc41.x86_64"}
+ALL_NVRAS = BASE_NVRAS | REPO_NVRAS | {"upgrademe-2.0-1.fc41.x86_64", "typechange-2.0-1.fc41.noarch"}
 QF_NVRA = "%{NAME}-%{VERSION}-%{RELEASE}.%{ARCH}\\n"
 
 

@@ -182,6 +182,64 @@ def test_file_dir_swaps_are_remove_plus_add(repo: OSTree.Repo, commit: Commit, t
     assert [e.path for e in back.added_dirs] == ["/usr/share/doc/app"]
 
 
+def test_retyped_names_paths_that_turn_between_dir_and_file(repo: OSTree.Repo, commit: Commit,
+                                                             tree: Path) -> None:
+    a = commit(tree)
+    (tree / "usr/bin/tool").unlink()
+    (tree / "usr/bin/tool").mkdir()
+    (tree / "usr/bin/tool/inner").write_text("inner")
+    shutil.rmtree(tree / "usr/share/doc/app")
+    (tree / "usr/share/doc/app").symlink_to("../../bin/app")
+    (tree / "usr/bin/app").unlink()
+    (tree / "usr/bin/app").symlink_to("tool/inner")  # a file into a symlink: both are content objects
+    b = commit(tree)
+    d = diff_commits(repo, a, b)
+    assert d.retyped == {"/usr/bin/tool", "/usr/share/doc/app"}
+    assert [e.path for e in d.changed_files] == ["/usr/bin/app"]
+    assert diff_commits(repo, b, a).retyped == d.retyped
+    assert d.without(d.retyped).paths() == {"/usr/bin/app"}
+
+
+def test_dir_that_keeps_none_of_its_entries_is_replaced_whole(repo: OSTree.Repo, commit: Commit,
+                                                              tree: Path) -> None:
+    a = commit(tree)
+    app = tree / "usr/lib/app"
+    (app / "libapp.so").write_text("lib v2")  # changed
+    shutil.rmtree(app / "plugins")  # a subdirectory gone
+    (app / "new-plugins").mkdir()  # another one new
+    (app / "new-plugins/c.so").write_text("c")
+    app.chmod(0o750)
+    b = commit(tree)
+    d = diff_commits(repo, a, b)
+    assert [e.path for e in d.replaced_dirs] == ["/usr/lib/app"]
+    assert stat.S_IMODE(read_dir_meta(repo, d.replaced_dirs[0].meta_checksum).mode) == 0o750
+    # /usr/lib keeps app, a directory in both. Its content is in the other lists too.
+    assert all(p.startswith("/usr/lib/app") for p in d.paths())
+    assert d.counts() == {"added_dirs": 1, "added_files": 1, "changed_files": 1, "removed_files": 2,
+                          "removed_dirs": 1, "changed_dirs": 1}
+
+
+def test_dir_that_keeps_a_file_or_a_subdirectory_is_not_replaced(repo: OSTree.Repo, commit: Commit,
+                                                                 tree: Path) -> None:
+    a = commit(tree)
+    (tree / "usr/lib/app/libapp.so").write_text("lib v2")
+    (tree / "usr/lib/app/plugins/a.so").write_text("a v2")  # plugins stays a directory
+    (tree / "usr/lib/app/plugins/b.so").write_text("b v2")
+    (tree / "usr/bin/app").write_text("app v2")  # usr/bin keeps tool
+    b = commit(tree)
+    d = diff_commits(repo, a, b)
+    # plugins keeps none of its files: it is replaced; app keeps plugins, bin keeps tool.
+    assert [e.path for e in d.replaced_dirs] == ["/usr/lib/app/plugins"]
+    (tree / "usr/lib/app/plugins/a.so").write_text("a")
+    c = commit(tree)
+    assert diff_commits(repo, a, c).replaced_dirs == ()
+    # An empty directory has nothing to replace.
+    (tree / "usr/share/empty").mkdir()
+    e = commit(tree)
+    (tree / "usr/share/empty/new").write_text("new")
+    assert diff_commits(repo, e, commit(tree)).replaced_dirs == ()
+
+
 def test_subpath_filtering(repo: OSTree.Repo, commit: Commit, tree: Path) -> None:
     a = commit(tree)
     (tree / "etc/app.conf").write_text("conf v2")

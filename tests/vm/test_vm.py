@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from fixtures import build as fx
 from tests.vm.runner import VM, Boot
 
 # Not marked `root`: that marker skips when not root, and these must fail instead
@@ -102,15 +103,78 @@ step json lulayer status --json
     assert deps[1]["live-commit"] == deps[0]["checksum"], deps
 
 
-def test_install_live_systemd_unit_is_loaded_at_once(vm: VM) -> None:
-    b = vm.boot("""
+UNIT_SCRIPT = """
 step before systemctl cat hello.service
 step install lulayer install hello-service --live
 step cat systemctl cat hello.service
 step start systemctl start hello.service
 step active systemctl is-active hello.service
 step journal journalctl -b -u hello.service --no-pager
-""")
+"""
+# typechange 1.0 live, then its 2.0 from a repository in the boot's share, which turns paths
+# of /usr/share/typechange into other types (see fixtures/specs/typechange-2.spec).
+TYPECHANGE_SCRIPT = """
+TC=/usr/share/typechange
+step tc-install lulayer install typechange --live
+step tc-v1 typechange
+step tc-repo sed -i 's|^baseurl=.*|baseurl=file:///run/lulayer-vm/share/typechange-repo|' \
+    /etc/yum.repos.d/lulayer-fixtures.repo
+step tc-upgrade lulayer upgrade --live --allow-replacement
+step tc-v2 typechange
+step tc-rpm-q rpm -q typechange
+step tc-kinds sh -c "cd $TC && stat -c '%n %F' file-to-dir dir-to-file dir-to-symlink symlink-to-dir \
+    symlink-to-file file-to-symlink"
+step tc-settle lulayer finalize
+step tc-json lulayer status --json
+step tc-compare python3 /run/lulayer-vm/share/tc-compare.py
+step tc-temp find /usr -name ".*.tmp"
+step tc-ro touch /usr/share/typechange/x
+"""
+
+
+# In the guest: typechange's live trees against those of the next boot's deployment, which
+# holds the target commit: type, mode, owner, content, symlink target, xattrs.
+TYPECHANGE_COMPARE = r"""
+import json, os, subprocess, sys
+d = json.loads(subprocess.run(["lulayer", "status", "--json"], capture_output=True, check=True,
+                              text=True).stdout)["deployments"][0]
+def entries(root):
+    out = {}
+    for sub in ("usr/share/typechange", "usr/lib/typechange"):
+        for top, dirs, files in os.walk(os.path.join(root, sub)):
+            for p in [top, *(os.path.join(top, n) for n in dirs + files)]:
+                st = os.lstat(p)
+                if os.path.islink(p):
+                    content = os.readlink(p)
+                elif os.path.isfile(p):
+                    content = open(p, "rb").read()
+                else:
+                    content = None
+                xattrs = sorted((k, os.getxattr(p, k, follow_symlinks=False))
+                                for k in os.listxattr(p, follow_symlinks=False) if not k.startswith("trusted."))
+                out[os.path.relpath(p, root)] = (st.st_mode, st.st_uid, st.st_gid, content, xattrs)
+    return out
+live, target = entries("/"), entries(f"/ostree/deploy/debian/deploy/{d['checksum']}.{d['serial']}")
+bad = sorted(p for p in live.keys() | target.keys() if live.get(p) != target.get(p))
+print(f"{len(live)} entries compared; differing: {bad}")
+sys.exit(1 if bad or not live else 0)
+"""
+
+
+@pytest.fixture(scope="module")
+def unit_and_typechange_boot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Boot]:
+    """One boot shared by two tests (each boot costs minutes under TCG): a systemd unit
+    installed live, then a type-changing upgrade applied live."""
+    machine = VM(tmp_path_factory.mktemp("vm-unit-typechange") / "vm")
+    fx.make_repo(machine.share / "typechange-repo",
+                 [*fx.default_repo_packages(), fx.rpm_path("typechange", "2.0")])
+    (machine.share / "tc-compare.py").write_text(TYPECHANGE_COMPARE)
+    yield machine.boot(UNIT_SCRIPT + TYPECHANGE_SCRIPT)
+    machine.disk.unlink(missing_ok=True)
+
+
+def test_install_live_systemd_unit_is_loaded_at_once(unit_and_typechange_boot: Boot) -> None:
+    b = unit_and_typechange_boot
     b.failed("before")
     out = b.ok("install")
     assert "Live added: hello-service-1.0-1.fc41.noarch" in out, out
@@ -119,6 +183,27 @@ step journal journalctl -b -u hello.service --no-pager
     b.ok("start")
     assert b.ok("active").strip() == "active"
     assert "hello-daemon 1.0 started" in b.ok("journal")
+
+
+def test_upgrade_live_changes_the_type_of_paths_on_the_booted_host(unit_and_typechange_boot: Boot) -> None:
+    b = unit_and_typechange_boot
+    b.ok("tc-install")
+    assert b.ok("tc-v1").strip() == "typechange 1.0"
+    b.ok("tc-repo")
+    out = b.ok("tc-upgrade")
+    assert "Live replaced: typechange-1.0-1.fc41.noarch -> typechange-2.0-1.fc41.noarch" in out, out
+    assert b.ok("tc-v2").strip() == "typechange 2.0"
+    assert b.ok("tc-rpm-q").strip() == "typechange-2.0-1.fc41.noarch"
+    assert b.ok("tc-kinds").splitlines() == [
+        "file-to-dir directory", "dir-to-file regular file", "dir-to-symlink symbolic link",
+        "symlink-to-dir directory", "symlink-to-file regular file", "file-to-symlink symbolic link"]
+    b.ok("tc-settle")
+    deps = _deployments(b, "tc-json")
+    booted = next(d for d in deps if d["booted"])
+    assert booted["live-inprogress"] is None and booted["live-commit"] == deps[0]["checksum"], deps
+    assert "differing: []" in b.ok("tc-compare")
+    assert b.ok("tc-temp").strip() == ""
+    assert "Read-only file system" in b.failed("tc-ro")
 
 
 def test_uninstall_live_removes_at_once_and_from_the_next_boot(vm: VM) -> None:
