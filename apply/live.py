@@ -445,8 +445,11 @@ def _type_changes(sysroot: Sysroot, diff: TreeDiff, source: str, target: str) ->
     return out
 
 
-def _check(diff: TreeDiff, changes: PackageChanges, kernels: set[str],
-           type_changes: list[tuple[str, Kind, Kind]], *, allow_replacement: bool, allow_removal: bool) -> None:
+def check_live_change(diff: TreeDiff, changes: PackageChanges, kernels: set[str],
+                      type_changes: list[tuple[str, Kind, Kind]], *, allow_replacement: bool,
+                      allow_removal: bool) -> None:
+    """Refuse a live change that needs a reboot (the running kernel's modules) or, without
+    allow_replacement, one that replaces or removes what the running system has."""
     for kver in kernels:
         if not diff.under(f"/usr/lib/modules/{kver}").is_empty:
             raise LiveApplyError(f"the update changes the running kernel's /usr/lib/modules/{kver}",
@@ -669,8 +672,8 @@ def apply_live(sysroot: Sysroot, target: str, *, allow_replacement: bool = False
     rpmdb_changed = not diff.under(str(dbpath)).is_empty
     if not resumed:  # a resumed update was checked when it began
         type_changes = [] if allow_replacement else _type_changes(sysroot, files, source, target)
-        _check(files, changes, _running_kernels(root, sysroot.folder), type_changes,
-               allow_replacement=allow_replacement, allow_removal=allow_removal)
+        check_live_change(files, changes, _running_kernels(root, sysroot.folder), type_changes,
+                          allow_replacement=allow_replacement, allow_removal=allow_removal)
     try:
         live_state.write_state(sysroot, booted, live_state.begin(st, target))
         fault("marked")
