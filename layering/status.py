@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-from gi.repository import OSTree
-
 from lulayer.apply.state import read_state
-from lulayer.layering.layer import base_commit_of, layered_packages
+from lulayer.layering.layer import ImageState, base_commit_of, layered_packages
 from lulayer.layering.staged import StagedDeployment, being_written
 from lulayer.layering.staged import read as read_staged
 from lulayer.rpmdb.db import commit_packages, tree_dbpath
 from lulayer.rpmdb.model import Package, PackageChanges
 from lulayer.sysroot import Deployment, Origin, RefspecKind, Sysroot, commit_metadata
-
-# What ostree-ext records on an image's merge commit (containers/bootc ostree-ext/src/container/store.rs
-# META_MANIFEST_DIGEST, META_CONFIG) and the labels its version_for_config reads (container/mod.rs).
-META_MANIFEST_DIGEST = "ostree.manifest-digest"
-META_IMAGE_CONFIG = "ostree.container.image-config"
-VERSION_LABELS = ("org.opencontainers.image.version", "version")
 
 
 @dataclass(frozen=True)
@@ -115,30 +106,6 @@ class Status:
                 d["live-commit"] = self.live.commit if self.live else None
         # Not in "deployments": it has no folder, serial or id yet.
         return {"deployments": deps, "lulayer-staged": self.staged.to_json() if self.staged else None}
-
-
-@dataclass(frozen=True)
-class ImageState:
-    """What the merge commit of a container image says about it, as rpm-ostree shows it: the
-    manifest digest, and the version from the image's labels, which rpm-ostree shows in place
-    of the commit's (src/daemon/rpmostreed-deployment-utils.cxx, RefspecType::Container)."""
-
-    digest: str | None = None
-    version: str | None = None
-
-    @classmethod
-    def of(cls, repo: OSTree.Repo, merge_commit: str) -> ImageState:
-        meta = commit_metadata(repo, merge_commit)
-        digest = meta.get(META_MANIFEST_DIGEST)
-        labels: object = None
-        try:
-            config = json.loads(str(meta.get(META_IMAGE_CONFIG, "null")))
-        except ValueError:
-            config = None
-        if isinstance(config, dict) and isinstance(config.get("config"), dict):
-            labels = config["config"].get("Labels")
-        version = next((labels[k] for k in VERSION_LABELS if isinstance(labels, dict) and labels.get(k)), None)
-        return cls(digest if isinstance(digest, str) else None, version if isinstance(version, str) else None)
 
 
 def read_status(sysroot: Sysroot) -> Status:

@@ -95,6 +95,8 @@ def _print_changes(result: LayerResult, where: str) -> None:
         click.echo(f"  Upgraded: {old.nevra} -> {new.nevra}")
     for p in ch.removed:
         click.echo(f"  Removed: {p.nevra}")
+    for note in result.notes:
+        click.echo(note)
     if result.message:
         click.echo(result.message)
     elif result.dry_run:
@@ -175,7 +177,7 @@ def uninstall(ctx: Context, packages: tuple[str, ...], remove_all: bool, dry_run
 @_live_options
 @click.pass_obj
 def upgrade(ctx: Context, dry_run: bool, live: bool, allow_replacement: bool) -> None:
-    """Newest base commit of the origin's ref, layered packages at their newest versions."""
+    """Newest base commit held for the origin (its ref, or its image), layered packages at their newest versions."""
     with _transaction(ctx) as tx:
         _print_outcome(tx.upgrade(dry_run=dry_run, live=live, allow_replacement=allow_replacement))
 

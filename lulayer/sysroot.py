@@ -16,6 +16,7 @@ from contextlib import suppress
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
+from typing import overload
 
 import gi
 
@@ -129,6 +130,10 @@ class Origin:
             _keyfile_remove(kf, "packages", "requested")
             if kf.has_group("packages") and not kf.get_keys("packages")[0]:
                 kf.remove_group("packages")
+                # GLib keeps the blank line that parted the groups; rpm-ostree's file has none.
+                data = kf.to_data()[0].rstrip("\n") + "\n"
+                kf = GLib.KeyFile()
+                kf.load_from_data(data, len(data.encode()), GLib.KeyFileFlags.KEEP_COMMENTS)
         if self.kind is RefspecKind.CONTAINER:
             if _keyfile_get(kf, "origin", "container-image-reference") != self.refspec:
                 kf.set_string("origin", "container-image-reference", self.refspec)
@@ -375,15 +380,26 @@ class Sysroot:
         raise SysrootError(f"deployment {d.name} is gone", hint="run `lulayer status` and retry")
 
 
-def resolve_ref(repo: OSTree.Repo, refspec: str) -> str:
-    """The commit a refspec (``remote:ref`` or ``ref``) points at in the local repository."""
+@overload
+def resolve_ref(repo: OSTree.Repo, refspec: str) -> str: ...
+@overload
+def resolve_ref(repo: OSTree.Repo, refspec: str, *, allow_missing: bool) -> str | None: ...
+def resolve_ref(repo: OSTree.Repo, refspec: str, *, allow_missing: bool = False) -> str | None:
+    """The commit a refspec (``remote:ref`` or ``ref``) points at in the local repository
+    (with allow_missing, None when there is no such ref)."""
     try:
-        _, rev = repo.resolve_rev(refspec, False)
+        _, rev = repo.resolve_rev(refspec, allow_missing)
         if rev is None and ":" in refspec:
-            _, rev = repo.resolve_rev(refspec.split(":", 1)[1], False)
+            _, rev = repo.resolve_rev(refspec.split(":", 1)[1], allow_missing)
     except GLib.Error as e:
         raise SysrootError(f"cannot resolve {refspec!r} in the repository: {e.message}") from e
-    result: str = rev
+    result: str | None = rev
+    return result
+
+
+def commit_timestamp(repo: OSTree.Repo, checksum: str) -> int:
+    _, commit = repo.load_variant(OSTree.ObjectType.COMMIT, checksum)
+    result: int = OSTree.commit_get_timestamp(commit)
     return result
 
 
