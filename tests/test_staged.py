@@ -14,6 +14,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
@@ -78,7 +79,9 @@ def stopped_writer(sysroot: Path) -> Iterator[int]:
     try:
         yield pid
     finally:
-        os.kill(pid, signal.SIGCONT)
+        # A test that let it go may find it gone: it exited and PID 1 reaped it.
+        with suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
         wait_unlocked(sysroot)
 
 
