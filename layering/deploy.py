@@ -28,9 +28,11 @@ def write_base_refs(sysroot: Sysroot) -> None:
     from lulayer.layering.layer import base_commit_of
 
     repo = sysroot.repo
-    bases = [base for d in sysroot.ostree_deployments()
-             if (base := base_commit_of(repo, d.get_csum())) != d.get_csum()]
     try:
+        # A base already gone cannot be kept, and a ref to it would fail every prune.
+        bases = [base for d in sysroot.ostree_deployments()
+                 if (base := base_commit_of(repo, d.get_csum())) != d.get_csum()
+                 and repo.has_object(OSTree.ObjectType.COMMIT, base, None)[1]]
         _, old = repo.list_refs_ext(BASE_REF_PREFIX, OSTree.RepoListRefsExtFlags.NONE, None)
         wanted = {f"{BASE_REF_PREFIX}/{i}": base for i, base in enumerate(bases)}
         if dict(old) == wanted:

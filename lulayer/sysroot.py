@@ -40,7 +40,6 @@ class RefspecKind(StrEnum):
 
 # The [origin] keys that say what a deployment follows, as rpm-ostree reads them (rust/src/origin.rs
 # origin_to_treefile_inner: refspec, else baserefspec; or container-image-reference; never both).
-ORIGIN_KEYS = ("refspec", "baserefspec", "container-image-reference")
 _ORIGIN_HINT = ("keep exactly one of [origin] refspec, baserefspec or container-image-reference in the .origin "
                 "file beside the deployment (rpm-ostree reads the same keys)")
 _CHECKSUM = re.compile(r"[0-9a-f]{64}")

@@ -17,6 +17,7 @@ What is matched, and where it is defined:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -168,7 +169,7 @@ def test_the_fixture_holds_the_image_as_ostree_ext_holds_a_pulled_one(host: Host
     assert parent_of(sysroot, merge) is None
     meta = metadata(sysroot, merge)
     manifest = meta.lookup_value("ostree.manifest", GLib.VariantType("s")).unpack()
-    assert digest_of(sysroot, merge) == "sha256:" + __import__("hashlib").sha256(manifest.encode()).hexdigest()
+    assert digest_of(sysroot, merge) == "sha256:" + hashlib.sha256(manifest.encode()).hexdigest()
     config = json.loads(meta.lookup_value("ostree.container.image-config", GLib.VariantType("s")).unpack())
     assert config["config"]["Labels"]["org.opencontainers.image.version"] == fb.OS_VERSION
     (layer,) = json.loads(manifest)["layers"]
