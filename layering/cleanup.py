@@ -10,7 +10,7 @@ from gi.repository import GLib
 
 from lulayer.errors import SysrootError
 from lulayer.fsutil import opened_dir, remove_tree_at
-from lulayer.layering.deploy import remove
+from lulayer.layering.deploy import remove, write_base_refs
 from lulayer.layering.layer import base_commit_of
 from lulayer.layering.staged import drop as drop_staged
 from lulayer.sysroot import Sysroot
@@ -51,6 +51,8 @@ def cleanup(sysroot: Sysroot, *, pending: bool, rollback: bool, repomd: bool) ->
     removed_cache = cache if repomd and _remove_children(str(cache), set()) else None
     bases = {base_commit_of(sysroot.repo, d.checksum) for d in sysroot.deployments()}
     removed_bases = _remove_children(str(sysroot.base_checkouts), bases)
+    # Before the prune: a layered deployment's base may be held by nothing else (deploy.py).
+    write_base_refs(sysroot)
     try:
         # Deployment folders no longer listed, old boot folders, unreferenced objects.
         sysroot.ostree.cleanup(None)

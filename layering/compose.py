@@ -14,14 +14,21 @@ so its mounts vanish with it, even when it is killed.
 
 from __future__ import annotations
 
+import functools
+import glob
+import hashlib
+import json
 import os
 import stat
 import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path, PurePosixPath
 
 import gi
+import rpm
 
 gi.require_version("OSTree", "1.0")
 from gi.repository import Gio, GLib, OSTree  # noqa: E402
@@ -30,6 +37,7 @@ from lulayer.errors import ComposeError, LulayerError  # noqa: E402
 from lulayer.fsutil import opened_dir, remove_path, remove_tree_at  # noqa: E402
 from lulayer.linux import MS_BIND  # noqa: E402
 from lulayer.mounts import mount, mount_overlay  # noqa: E402
+from lulayer.rpmdb.db import read_packages  # noqa: E402
 from lulayer.rpmdb.model import Package  # noqa: E402
 from lulayer.rpmdb.transaction import install_rpms, make_readonly_safe  # noqa: E402
 from lulayer.run import run_in_child  # noqa: E402
@@ -45,6 +53,14 @@ _SQLITE_RUNTIME = ("-shm", "-wal", "-journal")
 
 
 @dataclass(frozen=True)
+class RepoStamp:
+    """An enabled rpm-md repository and when its metadata was generated (None: not known)."""
+
+    id: str
+    timestamp: int | None
+
+
+@dataclass(frozen=True)
 class ComposeRequest:
     base_commit: str
     base_root: Path  # a checkout of base_commit (read-only lower layer)
@@ -52,6 +68,26 @@ class ComposeRequest:
     rpms: tuple[Path, ...]
     packages: tuple[Package, ...]  # what rpms hold, for the commit metadata
     requested: tuple[str, ...]
+    repos: tuple[RepoStamp, ...] = ()  # the repositories resolved against, for the commit metadata
+
+
+# A client-layer commit as rpm-ostree writes it, so that rpm-ostree reads a deployment lulayer made
+# (coreos/rpm-ostree src/libpriv/rpmostree-core.cxx rpmostree_context_commit). What reads each key:
+# - rpmostree.clientlayer (b): marks the commit layered; its parent is the base commit
+#   (rust/src/daemon.rs deployment_layeredmeta_from_commit_impl).
+# - rpmostree.clientlayer_version (u): missing means 0, and then rpm-ostree asserts an
+#   rpmostree.spec tree spec instead (src/libpriv/rpmostree-util.cxx rpmostree_deployment_get_layered_info).
+# - rpmostree.packages (as) from version 1; rpmostree.removed-base-packages (av) and
+#   rpmostree.replaced-base-packages (a(vv)) from version 2; rpmostree.replaced-base-remote-packages
+#   (a{sv}) from version 6: each asserted present (the same function).
+# - rpmostree.modules (as): "older versions of rpm-ostree bail if this isn't found" (core.cxx).
+# - rpmostree.state-sha512 (s): required by `rpm-ostree upgrade` on a layered merge deployment
+#   (src/daemon/rpmostree-sysroot-upgrader.cxx); it compares it with its own digest of the request,
+#   which it cannot be equal to, so rpm-ostree re-layers on its next upgrade.
+# - rpmostree.rpmdb.pkglist (a(sssss)): the package list `rpm-ostree db` and the upgrader diff with
+#   (src/lib/rpmostree-package.c); rpmostree.rpmmd-repos (aa{sv}): `status -v`
+#   (src/app/rpmostree-builtin-status.cxx print_commit).
+CLIENTLAYER_VERSION = 6
 
 
 def clean_stale_scratch(tmp: Path) -> None:
@@ -71,12 +107,14 @@ def compose(repo: OSTree.Repo, scratch_dir: Path, req: ComposeRequest) -> str:
     dirs = {k: scratch / k for k in ("upper-root", "work-root", "upper-etc", "work-etc", "merged")}
     for d in dirs.values():
         d.mkdir(parents=True)
+    installed = scratch / "packages.json"  # the new tree's rpmdb as the child reads it
     try:
         try:
-            run_in_child("lulayer-compose", lambda: _transaction(req, dirs), new_mount_namespace=True)
+            run_in_child("lulayer-compose", lambda: _transaction(req, dirs, installed), new_mount_namespace=True)
         except LulayerError as e:
             raise ComposeError(f"composing the new tree failed: {e.message}", hint=e.hint) from e
-        return _commit_upper(repo, req, dirs["upper-root"], dirs["upper-etc"])
+        packages = tuple(Package(*p) for p in json.loads(installed.read_text()))
+        return _commit_upper(repo, req, dirs["upper-root"], dirs["upper-etc"], packages)
     finally:
         remove_path(scratch)
 
@@ -148,7 +186,8 @@ def _modifier(repo: OSTree.Repo, req: ComposeRequest, upper: Path, skip_top: boo
     return mod
 
 
-def _commit_upper(repo: OSTree.Repo, req: ComposeRequest, upper_root: Path, upper_etc: Path) -> str:
+def _commit_upper(repo: OSTree.Repo, req: ComposeRequest, upper_root: Path, upper_etc: Path,
+                  packages: tuple[Package, ...]) -> str:
     try:
         repo.prepare_transaction(None)
         mtree = OSTree.MutableTree.new_from_commit(repo, req.base_commit)
@@ -164,11 +203,11 @@ def _commit_upper(repo: OSTree.Repo, req: ComposeRequest, upper_root: Path, uppe
         _, root = repo.write_mtree(mtree, None)
         _, base_variant = repo.load_variant(OSTree.ObjectType.COMMIT, req.base_commit)
         base_meta = base_variant.get_child_value(0)
-        meta = GLib.VariantDict.new(base_meta)
-        meta.insert_value("rpmostree.clientlayer", GLib.Variant("b", True))
-        meta.insert_value("lulayer.base-checksum", GLib.Variant("s", req.base_commit))
-        meta.insert_value("lulayer.requested", GLib.Variant("as", list(req.requested)))
-        meta.insert_value("lulayer.packages", GLib.Variant("as", [p.nevra for p in req.packages]))
+        meta = clientlayer_metadata(req, base_meta, packages)
+        bootable = base_meta.lookup_value("ostree.bootable", GLib.VariantType("b"))
+        if bootable is not None and bootable.get_boolean():
+            # ostree.bootable and ostree.linux, as rpm-ostree adds them (rpmostree_context_commit).
+            OSTree.commit_metadata_for_bootable(root, meta, None)
         subject = "lulayer: " + (", ".join(req.requested) or "no packages")
         _, commit = repo.write_commit(req.base_commit, subject, None, meta.end(), root, None)
         repo.commit_transaction(None)
@@ -179,9 +218,72 @@ def _commit_upper(repo: OSTree.Repo, req: ComposeRequest, upper_root: Path, uppe
     return result
 
 
+def clientlayer_metadata(req: ComposeRequest, base_meta: GLib.Variant,
+                         packages: tuple[Package, ...]) -> GLib.VariantDict:
+    """The new commit's metadata: rpm-ostree's client-layer keys (see CLIENTLAYER_VERSION) and
+    lulayer's own. Like rpm-ostree, nothing of the base commit's but its version: an image's
+    ostree.manifest-digest belongs to the image's merge commit, not to a layer over it."""
+    meta = GLib.VariantDict.new(None)
+    version = base_meta.lookup_value("version", GLib.VariantType("s"))
+    if version is not None:
+        meta.insert_value("version", version)
+    rpmdb = sorted(packages, key=functools.cmp_to_key(_dnf_package_cmp))
+    meta.insert_value("rpmostree.clientlayer", GLib.Variant("b", True))
+    meta.insert_value("rpmostree.clientlayer_version", GLib.Variant("u", CLIENTLAYER_VERSION))
+    meta.insert_value("rpmostree.packages", GLib.Variant("as", list(req.requested)))
+    meta.insert_value("rpmostree.modules", GLib.Variant("as", []))
+    meta.insert_value("rpmostree.removed-base-packages", GLib.Variant("av", []))
+    meta.insert_value("rpmostree.replaced-base-packages", GLib.Variant("a(vv)", []))
+    meta.insert_value("rpmostree.replaced-base-remote-packages", GLib.Variant("a{sv}", {}))
+    meta.insert_value("rpmostree.rpmdb.pkglist", GLib.Variant(
+        "a(sssss)", [(p.name, str(p.epoch), p.version, p.release, p.arch) for p in rpmdb]))
+    meta.insert_value("rpmostree.rpmmd-repos", GLib.Variant("aa{sv}", [
+        {"id": GLib.Variant("s", r.id), **({"timestamp": GLib.Variant("t", r.timestamp)} if r.timestamp else {})}
+        for r in req.repos]))
+    state = hashlib.sha512(req.base_commit.encode())
+    for line in (*(f"requested {r}" for r in req.requested), *(f"package {p.nevra}" for p in rpmdb)):
+        state.update(b"\n" + line.encode())
+    meta.insert_value("rpmostree.state-sha512", GLib.Variant("s", state.hexdigest()))
+    meta.insert_value("lulayer.base-checksum", GLib.Variant("s", req.base_commit))
+    meta.insert_value("lulayer.requested", GLib.Variant("as", list(req.requested)))
+    meta.insert_value("lulayer.packages", GLib.Variant("as", [p.nevra for p in req.packages]))
+    return meta
+
+
+def _dnf_package_cmp(a: Package, b: Package) -> int:
+    """libdnf's dnf_package_cmp, the order rpm-ostree keeps rpmostree.rpmdb.pkglist in (and
+    searches it by): name, then EVR as rpm compares them, then arch."""
+    if a.name != b.name:
+        return -1 if a.name < b.name else 1
+    evr: int = rpm.labelCompare((str(a.epoch), a.version, a.release), (str(b.epoch), b.version, b.release))
+    if evr:
+        return evr
+    return (a.arch > b.arch) - (a.arch < b.arch)
+
+
+def repo_stamps(cache_dir: Path, repo_ids: Sequence[str]) -> tuple[RepoStamp, ...]:
+    """Each repository with the newest timestamp of its cached repomd.xml, which is what
+    rpm-ostree records (libdnf's dnf_repo_get_timestamp_generated). The resolvers cache a
+    repository as CACHE/BACKEND/cache/ID-HASH/repodata/repomd.xml."""
+    stamps = []
+    for repo_id in repo_ids:
+        found = sorted(cache_dir.glob(f"*/cache/{glob.escape(repo_id)}-{'[0-9a-f]' * 16}/repodata/repomd.xml"),
+                       key=lambda f: f.stat().st_mtime)
+        timestamp = None
+        if found:
+            with suppress(ET.ParseError, ValueError, OSError):
+                times = [int(t.text or "") for t in ET.parse(found[-1]).getroot().iter(f"{_REPOMD}timestamp")]
+                timestamp = max(times, default=None)
+        stamps.append(RepoStamp(repo_id, timestamp))
+    return tuple(stamps)
+
+
+_REPOMD = "{http://linux.duke.edu/metadata/repo}"
+
+
 # --- the forked child: mounts and the rpm transaction -----------------------------------
 
-def _transaction(req: ComposeRequest, dirs: dict[str, Path]) -> None:
+def _transaction(req: ComposeRequest, dirs: dict[str, Path], installed: Path) -> None:
     lower, merged = req.base_root, dirs["merged"]
     # Redirects and metacopy off: the upper layer must hold whole files and
     # real directories, since it is committed as it is.
@@ -200,3 +302,6 @@ def _transaction(req: ComposeRequest, dirs: dict[str, Path]) -> None:
         mount(f"/dev/{node}", target, None, MS_BIND)
     install_rpms(merged, req.dbpath, req.rpms)
     make_readonly_safe(merged, req.dbpath)
+    # Read where it was written: the upper layer already holds the rpmdb and its lock file, and a
+    # database in rollback-journal mode leaves nothing beside it after a read.
+    installed.write_text(json.dumps([astuple(p) for p in read_packages(merged, req.dbpath)]))

@@ -14,6 +14,42 @@ from lulayer.errors import SysrootError
 from lulayer.linux import CAP_SYS_ADMIN, without_capability
 from lulayer.sysroot import Deployment, Origin, Sysroot, deployment_name
 
+# rpm-ostree keeps the base commit of every layered deployment under rpmostree/base/N, so that no
+# prune (its own, `ostree admin`'s, bootc's) drops a base whose ref or image has moved on; it
+# rewrites the whole set after each change of the deployment list (rust/src/daemon.rs
+# generate_baselayer_refs, from src/daemon/rpmostree-sysroot-core.cxx), and ostree-ext keeps the
+# image layers those refs need (ostree-ext/src/container/store.rs RPMOSTREE_BASE_REFS). Same refs,
+# same rule: each tool's rewrite covers the other's deployments.
+BASE_REF_PREFIX = "rpmostree/base"
+
+
+def write_base_refs(sysroot: Sysroot) -> None:
+    """Point rpmostree/base/0..N at the base commits of the layered deployments, and nothing else."""
+    from lulayer.layering.layer import base_commit_of
+
+    repo = sysroot.repo
+    try:
+        # A base already gone cannot be kept, and a ref to it would fail every prune.
+        bases = [base for d in sysroot.ostree_deployments()
+                 if (base := base_commit_of(repo, d.get_csum())) != d.get_csum()
+                 and repo.has_object(OSTree.ObjectType.COMMIT, base, None)[1]]
+        _, old = repo.list_refs_ext(BASE_REF_PREFIX, OSTree.RepoListRefsExtFlags.NONE, None)
+        wanted = {f"{BASE_REF_PREFIX}/{i}": base for i, base in enumerate(bases)}
+        if dict(old) == wanted:
+            return
+        repo.prepare_transaction(None)
+        try:
+            for ref in old:
+                repo.transaction_set_ref(None, ref, None)
+            for ref, base in wanted.items():
+                repo.transaction_set_ref(None, ref, base)
+            repo.commit_transaction(None)
+        except GLib.Error:
+            repo.abort_transaction(None)
+            raise
+    except GLib.Error as e:
+        raise SysrootError(f"keeping the base commits of layered deployments failed: {e.message}") from e
+
 
 def _write(sysroot: Sysroot, order: list[OSTree.Deployment]) -> None:
     opts = OSTree.SysrootWriteDeploymentsOpts()
@@ -29,6 +65,7 @@ def _write(sysroot: Sysroot, order: list[OSTree.Deployment]) -> None:
     except GLib.Error as e:
         raise SysrootError(f"writing the deployment list failed: {e.message}") from e
     sysroot.reload()
+    write_base_refs(sysroot)
 
 
 def deploy(sysroot: Sysroot, commit: str, origin: Origin, merge: Deployment) -> Deployment:

@@ -8,9 +8,10 @@ version they have unless the operation is an upgrade.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 from gi.repository import GLib, OSTree
@@ -31,9 +32,22 @@ from lulayer.layering.staged import StagedDeployment
 from lulayer.layering.staged import write as write_staged
 from lulayer.rpmdb.db import commit_packages, read_packages, snapshot, tree_dbpath
 from lulayer.rpmdb.model import Package, PackageChanges
-from lulayer.sysroot import Deployment, Origin, Sysroot, commit_metadata, resolve_ref
+from lulayer.sysroot import (
+    Deployment,
+    Origin,
+    RefspecKind,
+    Sysroot,
+    commit_metadata,
+    commit_timestamp,
+    resolve_ref,
+)
 
 AT_FDCWD = -100
+# What ostree-ext records on an image's merge commit (containers/bootc ostree-ext/src/container/store.rs
+# META_MANIFEST_DIGEST, META_CONFIG) and the labels its version_for_config reads (container/mod.rs).
+META_MANIFEST_DIGEST = "ostree.manifest-digest"
+META_IMAGE_CONFIG = "ostree.container.image-config"
+VERSION_LABELS = ("org.opencontainers.image.version", "version")
 
 
 @dataclass(frozen=True)
@@ -45,6 +59,7 @@ class LayerResult:
     message: str | None = None  # why nothing was done, when nothing was
     commit: str | None = None
     staged: StagedDeployment | None = None  # recorded for the next boot, not yet written
+    notes: tuple[str, ...] = ()  # what the user should know besides the changes (an upgrade's base)
 
 
 def base_commit_of(repo: OSTree.Repo, commit: str) -> str:
@@ -59,6 +74,30 @@ def base_commit_of(repo: OSTree.Repo, commit: str) -> str:
         if parent:
             return parent
     return commit
+
+
+@dataclass(frozen=True)
+class ImageState:
+    """What the merge commit of a container image says about it, as rpm-ostree shows it: the
+    manifest digest, and the version from the image's labels, which rpm-ostree shows in place
+    of the commit's (src/daemon/rpmostreed-deployment-utils.cxx, RefspecType::Container)."""
+
+    digest: str | None = None
+    version: str | None = None
+
+    @classmethod
+    def of(cls, repo: OSTree.Repo, merge_commit: str) -> ImageState:
+        meta = commit_metadata(repo, merge_commit)
+        digest = meta.get(META_MANIFEST_DIGEST)
+        labels: object = None
+        try:
+            config = json.loads(str(meta.get(META_IMAGE_CONFIG, "null")))
+        except ValueError:
+            config = None
+        if isinstance(config, dict) and isinstance(config.get("config"), dict):
+            labels = config["config"].get("Labels")
+        version = next((labels[k] for k in VERSION_LABELS if isinstance(labels, dict) and labels.get(k)), None)
+        return cls(digest if isinstance(digest, str) else None, version if isinstance(version, str) else None)
 
 
 def base_checkout(sysroot: Sysroot, base_commit: str) -> Path:
@@ -155,13 +194,37 @@ class Layering:
         merge = self.sysroot.merge_deployment()
         return self._layer(merge, set(merge.origin.requested), dry_run=dry_run, upgrade=True, stage=stage)
 
+    def _upgrade_base(self, merge: Deployment, base: str) -> tuple[str, tuple[str, ...]]:
+        """The base commit an upgrade layers on, and a note when it is not a newer one.
+
+        For an OSTree origin, what its ref points at. For a container image, the newest commit
+        the repository holds for it: the merge commit ostree-ext keeps under
+        ostree/container/image/<escaped reference> (see lulayer.imageref), which rpm-ostree and
+        bootc move when they pull. lulayer pulls nothing; like rpm-ostree, it does not go back
+        to an older commit (src/daemon/rpmostree-sysroot-upgrader.cxx, check_timestamps).
+        """
+        origin, repo = merge.origin, self.sysroot.repo
+        if origin.kind is not RefspecKind.CONTAINER:
+            return resolve_ref(repo, origin.refspec) or base, ()
+        held = resolve_ref(repo, origin.image().ostree_ref, allow_missing=True)
+        if held is not None and held != base and commit_timestamp(repo, held) >= commit_timestamp(repo, base):
+            image = ImageState.of(repo, held)
+            what = " ".join(f"{v}" for v in (image.version, image.digest and f"({image.digest})") if v)
+            return held, (f"Newer image held for {origin.refspec}: {what or held}",)
+        # bootc refuses a deployment whose origin requests packages (lib/src/utils.rs
+        # origin_has_rpmostree_stuff); rpm-ostree pulls and re-layers what the shared origin requests.
+        fetch = ("`rpm-ostree upgrade` fetches it and keeps the layered packages (the .origin is shared)"
+                 if origin.requested else "`bootc upgrade` or `rpm-ostree upgrade` fetches it")
+        return base, (f"No newer image is held for {origin.refspec}: {fetch}.",)
+
     def _layer(self, merge: Deployment, requested: set[str], *, dry_run: bool, upgrade: bool,
                stage: bool) -> LayerResult:
         sysroot, repo = self.sysroot, self.sysroot.repo
         composer.clean_stale_scratch(sysroot.compose_scratch)
-        base = base_commit_of(repo, merge.checksum)
+        current_base = base = base_commit_of(repo, merge.checksum)
+        notes: tuple[str, ...] = ()
         if upgrade:
-            base = resolve_ref(repo, merge.origin.refspec) or base
+            base, notes = self._upgrade_base(merge, base)
         base_root = base_checkout(sysroot, base)
         dbpath = tree_dbpath(base_root)
         old_pkgs = commit_packages(repo, merge.checksum, dbpath)
@@ -169,9 +232,13 @@ class Layering:
         if not requested:
             base_pkgs = commit_packages(repo, base, dbpath)
             changes = PackageChanges.between(old_pkgs, base_pkgs)
+            if upgrade and base == merge.checksum:
+                return LayerResult(changes, req_sorted, dry_run=dry_run, message="No upgrade available.",
+                                   notes=notes)
             if dry_run:
-                return LayerResult(changes, req_sorted, dry_run=True)
-            return self._deploy(base, merge.origin.with_requested(()), merge, changes, req_sorted, stage)
+                return LayerResult(changes, req_sorted, dry_run=True, notes=notes)
+            return replace(self._deploy(base, merge.origin.with_requested(()), merge, changes, req_sorted, stage),
+                           notes=notes)
 
         layered_now = {p.name: p for p in layered_packages(sysroot, merge.checksum, dbpath)}
         specs = tuple(
@@ -187,18 +254,21 @@ class Layering:
             ))
             new_pkgs = tuple(sorted((*base_pkgs, *(r.package for r in resolution.install))))
             changes = PackageChanges.between(old_pkgs, new_pkgs)
-            if upgrade and changes.empty and base == base_commit_of(repo, merge.checksum):
-                return LayerResult(changes, req_sorted, dry_run=dry_run, message="No upgrade available.")
+            if upgrade and changes.empty and base == current_base:
+                return LayerResult(changes, req_sorted, dry_run=dry_run, message="No upgrade available.",
+                                   notes=notes)
             if dry_run:
-                return LayerResult(changes, req_sorted, dry_run=True)
+                return LayerResult(changes, req_sorted, dry_run=True, notes=notes)
             rpms = self.resolver.download(resolution, self.progress)
         if not resolution.install:
             raise ResolveError("the resolver selected no package", hint="check the requested names")
         commit = composer.compose(repo, sysroot.compose_scratch, composer.ComposeRequest(
             base_commit=base, base_root=base_root, dbpath=dbpath, rpms=rpms,
             packages=tuple(r.package for r in resolution.install), requested=req_sorted,
+            repos=composer.repo_stamps(sysroot.cache_dir, [r.id for r in repos]),
         ))
-        return self._deploy(commit, merge.origin.with_requested(req_sorted), merge, changes, req_sorted, stage)
+        result = self._deploy(commit, merge.origin.with_requested(req_sorted), merge, changes, req_sorted, stage)
+        return replace(result, notes=notes)
 
     def _deploy(self, commit: str, origin: Origin, merge: Deployment, changes: PackageChanges,
                 requested: tuple[str, ...], stage: bool) -> LayerResult:

@@ -6,12 +6,12 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from lulayer.apply.state import read_state
-from lulayer.layering.layer import base_commit_of, layered_packages
+from lulayer.layering.layer import ImageState, base_commit_of, layered_packages
 from lulayer.layering.staged import StagedDeployment, being_written
 from lulayer.layering.staged import read as read_staged
 from lulayer.rpmdb.db import commit_packages, tree_dbpath
 from lulayer.rpmdb.model import Package, PackageChanges
-from lulayer.sysroot import Deployment, Origin, Sysroot, commit_metadata
+from lulayer.sysroot import Deployment, Origin, RefspecKind, Sysroot, commit_metadata
 
 
 @dataclass(frozen=True)
@@ -23,11 +23,12 @@ class DeploymentStatus:
     pending: bool
     rollback: bool
     superseded: bool = False  # boots next only until the staged deployment is written, which drops it
+    image_digest: str | None = None  # a container deployment's image, from its base commit's metadata
 
     def to_json(self) -> dict[str, object]:
         d = self.deployment
         layered = self.base_checksum != d.checksum
-        return {
+        out: dict[str, object] = {
             "id": d.id,
             "osname": d.osname,
             "serial": d.serial,
@@ -43,6 +44,13 @@ class DeploymentStatus:
             "packages": [p.nevra for p in self.layered],
             "lulayer-superseded": self.superseded,
         }
+        # rpm-ostree's keys for an image-based deployment, left out when unknown
+        # (src/daemon/rpmostreed-deployment-utils.cxx rpmostreed_deployment_generate_variant).
+        if d.origin.kind is RefspecKind.CONTAINER:
+            out["container-image-reference"] = d.origin.refspec
+            if self.image_digest is not None:
+                out["container-image-reference-digest"] = self.image_digest
+        return out
 
 
 @dataclass(frozen=True)
@@ -63,6 +71,7 @@ class StagedStatus:
     base_checksum: str
     layered: tuple[Package, ...]
     being_written: bool  # a detached lulayer child is writing it now
+    image_digest: str | None = None
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -112,21 +121,26 @@ def read_status(sysroot: Sysroot) -> Status:
     for d in deps:
         meta = commit_metadata(sysroot.repo, d.checksum)
         version = meta.get("version")
+        base = base_commit_of(sysroot.repo, d.checksum)
+        image = ImageState.of(sysroot.repo, base) if d.origin.kind is RefspecKind.CONTAINER else ImageState()
         out.append(DeploymentStatus(
             deployment=d,
-            base_checksum=base_commit_of(sysroot.repo, d.checksum),
-            version=version if isinstance(version, str) else None,
+            base_checksum=base,
+            version=image.version or (version if isinstance(version, str) else None),
             layered=layered_packages(sysroot, d.checksum, dbpath),
             pending=staged is None and pending is not None and d.name == pending.name,
             superseded=staged is not None and pending is not None and d.name == pending.name,
             rollback=rollback is not None and d.name == rollback.name,
+            image_digest=image.digest,
         ))
     staged_status = None
     if staged is not None:
         origin = Origin.from_data(staged.origin)
-        staged_status = StagedStatus(staged, booted.osname, origin.refspec,
-                                     base_commit_of(sysroot.repo, staged.commit),
-                                     layered_packages(sysroot, staged.commit, dbpath), being_written(sysroot))
+        base = base_commit_of(sysroot.repo, staged.commit)
+        image = ImageState.of(sysroot.repo, base) if origin.kind is RefspecKind.CONTAINER else ImageState()
+        staged_status = StagedStatus(staged, booted.osname, origin.refspec, base,
+                                     layered_packages(sysroot, staged.commit, dbpath), being_written(sysroot),
+                                     image.digest)
     next_commit = staged.commit if staged is not None else pending.checksum if pending is not None else None
     diff = None
     if next_commit is not None:

@@ -95,6 +95,8 @@ def _print_changes(result: LayerResult, where: str) -> None:
         click.echo(f"  Upgraded: {old.nevra} -> {new.nevra}")
     for p in ch.removed:
         click.echo(f"  Removed: {p.nevra}")
+    for note in result.notes:
+        click.echo(note)
     if result.message:
         click.echo(result.message)
     elif result.dry_run:
@@ -175,7 +177,7 @@ def uninstall(ctx: Context, packages: tuple[str, ...], remove_all: bool, dry_run
 @_live_options
 @click.pass_obj
 def upgrade(ctx: Context, dry_run: bool, live: bool, allow_replacement: bool) -> None:
-    """Newest base commit of the origin's ref, layered packages at their newest versions."""
+    """Newest base commit held for the origin (its ref, or its image), layered packages at their newest versions."""
     with _transaction(ctx) as tx:
         _print_outcome(tx.upgrade(dry_run=dry_run, live=live, allow_replacement=allow_replacement))
 
@@ -259,13 +261,18 @@ def _print_status(st: Status, verbose: bool) -> None:
         tags = [t for t, on in (("booted", d.booted), ("pending", ds.pending), ("rollback", ds.rollback),
                                 ("staged", d.staged), ("superseded by the staged deployment", ds.superseded))
                 if on]
-        click.echo(f"{mark} {d.osname}:{d.origin.refspec}" + (f" ({', '.join(tags)})" if tags else ""))
+        # As rpm-ostree: the origin's refspec or image reference itself, the image's digest under it
+        # (src/app/rpmostree-builtin-status.cxx print_one_deployment).
+        click.echo(f"{mark} {d.origin.refspec}" + (f" ({', '.join(tags)})" if tags else ""))
+        if ds.image_digest:
+            click.echo(f"{'Digest':>19}: {ds.image_digest}")
         if ds.version:
             click.echo(f"{'Version':>19}: {ds.version}")
         if ds.base_checksum != d.checksum:
             click.echo(f"{'BaseCommit':>19}: {ds.base_checksum}")
         click.echo(f"{'Commit':>19}: {d.checksum}")
         if verbose:
+            click.echo(f"{'StateRoot':>19}: {d.osname}")
             click.echo(f"{'Deployment':>19}: {d.path}")
         if d.origin.requested:
             click.echo(f"{'LayeredPackages':>19}: {' '.join(d.origin.requested)}")
@@ -292,7 +299,9 @@ def _print_staged(ss: StagedStatus, verbose: bool) -> None:
     state = ("being written" if ss.being_written else
              f"write failed: {ss.staged.error}" if ss.staged.error else
              "not written yet; `lulayer finalize` or a reboot writes it")
-    click.echo(f"  {ss.osname}:{ss.refspec} (pending, staged: {state})")
+    click.echo(f"  {ss.refspec} (pending, staged: {state})")
+    if ss.image_digest:
+        click.echo(f"{'Digest':>19}: {ss.image_digest}")
     if ss.base_checksum != ss.staged.commit:
         click.echo(f"{'BaseCommit':>19}: {ss.base_checksum}")
     click.echo(f"{'Commit':>19}: {ss.staged.commit}")

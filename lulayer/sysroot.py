@@ -10,10 +10,13 @@ running system, whose booted deployment libostree finds itself.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from enum import StrEnum
 from pathlib import Path
+from typing import overload
 
 import gi
 
@@ -21,8 +24,25 @@ gi.require_version("OSTree", "1.0")
 from gi.repository import Gio, GLib, OSTree  # noqa: E402
 
 from lulayer.errors import SysrootError  # noqa: E402
+from lulayer.imageref import BadImageReference, ImageReference  # noqa: E402
 
 BOOTED_MARKER = Path("run/lulayer/booted")
+
+
+class RefspecKind(StrEnum):
+    """What an origin follows: rpm-ostree's RefspecType (rust/src/treefile.rs ``get_base_refspec``,
+    rust/src/core.rs ``refspec_classify``)."""
+
+    OSTREE = "ostree"  # [origin] refspec or baserefspec: REMOTE:REF or REF
+    CHECKSUM = "checksum"  # a refspec that is a commit checksum: pinned, nothing to upgrade to
+    CONTAINER = "container"  # [origin] container-image-reference
+
+
+# The [origin] keys that say what a deployment follows, as rpm-ostree reads them (rust/src/origin.rs
+# origin_to_treefile_inner: refspec, else baserefspec; or container-image-reference; never both).
+_ORIGIN_HINT = ("keep exactly one of [origin] refspec, baserefspec or container-image-reference in the .origin "
+                "file beside the deployment (rpm-ostree reads the same keys)")
+_CHECKSUM = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -31,27 +51,37 @@ class Origin:
 
     The keys are rpm-ostree's (rust/src/origin.rs), so either tool reads the
     other's: ``[origin] refspec`` when nothing is layered, ``baserefspec`` when
-    something is, ``[packages] requested``.
+    something is, or ``container-image-reference`` either way; ``[packages] requested``.
+    Every other key of the file is kept as it is (``keyfile_data``). ``refspec`` is what
+    rpm-ostree calls the refspec of either kind: an OSTree ref, a checksum, or the image
+    reference exactly as the file has it.
     """
 
     refspec: str
     requested: tuple[str, ...] = ()
     keyfile_data: str = ""
+    kind: RefspecKind = RefspecKind.OSTREE
 
     @classmethod
     def from_keyfile(cls, kf: GLib.KeyFile) -> Origin:
-        refspec = _keyfile_get(kf, "origin", "baserefspec") or _keyfile_get(kf, "origin", "refspec")
-        if not refspec:
-            raise SysrootError(
-                "the deployment's .origin has no [origin] refspec or baserefspec",
-                hint="repair the .origin file beside the deployment",
-            )
+        refspec = _keyfile_get(kf, "origin", "refspec") or _keyfile_get(kf, "origin", "baserefspec")
+        image = _keyfile_get(kf, "origin", "container-image-reference")
+        if refspec and image:
+            raise SysrootError("the deployment's .origin has both [origin] refspec/baserefspec and "
+                               "container-image-reference", hint=_ORIGIN_HINT)
+        if image:
+            kind, refspec = RefspecKind.CONTAINER, image
+        elif refspec:
+            kind = RefspecKind.CHECKSUM if _CHECKSUM.fullmatch(refspec) else RefspecKind.OSTREE
+        else:
+            raise SysrootError("the deployment's .origin has none of [origin] refspec, baserefspec, "
+                               "container-image-reference", hint=_ORIGIN_HINT)
         try:
             requested = tuple(p for p in kf.get_string_list("packages", "requested") if p)
         except GLib.Error:
             requested = ()
         data, _ = kf.to_data()
-        return cls(refspec=refspec, requested=requested, keyfile_data=data)
+        return cls(refspec=refspec, requested=requested, keyfile_data=data, kind=kind)
 
     @classmethod
     def from_data(cls, data: str) -> Origin:
@@ -64,22 +94,67 @@ class Origin:
         return cls.from_keyfile(kf)
 
     def with_requested(self, requested: Sequence[str]) -> Origin:
-        return Origin(self.refspec, tuple(sorted(set(requested))), self.keyfile_data)
+        return replace(self, requested=tuple(sorted(set(requested))))
+
+    def image(self) -> ImageReference:
+        """The container image a container origin follows.
+
+        An image reference in a form ostree-ext does not read is refused here, where it is
+        needed (upgrade); everything else keeps it as it is.
+        """
+        if self.kind is not RefspecKind.CONTAINER:
+            raise SysrootError(f"the deployment follows {self.refspec}, not a container image")
+        try:
+            return ImageReference.parse(self.refspec)
+        except BadImageReference as e:
+            raise SysrootError(f"lulayer cannot read the container-image-reference {self.refspec!r}: {e}",
+                               hint="`rpm-ostree upgrade` or `bootc upgrade` upgrade the image; lulayer keeps "
+                                    "the reference as it is") from e
 
     def to_keyfile(self) -> GLib.KeyFile:
-        """The origin as a key file, keeping every key lulayer does not own."""
+        """The origin as a key file, keeping every key lulayer does not own.
+
+        As rpm-ostree writes it (rust/src/origin.rs treefile_to_origin_inner): an OSTree
+        origin says ``baserefspec`` when the deployment needs local assembly, else
+        ``refspec``; a container-image-reference is never rewritten; ``[packages] requested``
+        is there only when something is requested (an empty ``[packages]`` group would make
+        bootc take the deployment for an rpm-ostree one: lib/src/utils.rs origin_has_rpmostree_stuff).
+        """
         kf = GLib.KeyFile()
         if self.keyfile_data:
             kf.load_from_data(self.keyfile_data, len(self.keyfile_data.encode()), GLib.KeyFileFlags.KEEP_COMMENTS)
-        for key in ("refspec", "baserefspec"):
-            _keyfile_remove(kf, "origin", key)
         if self.requested:
-            kf.set_string("origin", "baserefspec", self.refspec)
             kf.set_string_list("packages", "requested", list(self.requested))
         else:
-            kf.set_string("origin", "refspec", self.refspec)
             _keyfile_remove(kf, "packages", "requested")
+            if kf.has_group("packages") and not kf.get_keys("packages")[0]:
+                kf.remove_group("packages")
+                # GLib keeps the blank line that parted the groups; rpm-ostree's file has none.
+                data = kf.to_data()[0].rstrip("\n") + "\n"
+                kf = GLib.KeyFile()
+                kf.load_from_data(data, len(data.encode()), GLib.KeyFileFlags.KEEP_COMMENTS)
+        if self.kind is RefspecKind.CONTAINER:
+            if _keyfile_get(kf, "origin", "container-image-reference") != self.refspec:
+                kf.set_string("origin", "container-image-reference", self.refspec)
+            return kf
+        for key in ("refspec", "baserefspec"):
+            _keyfile_remove(kf, "origin", key)
+        kf.set_string("origin", "baserefspec" if _may_require_local_assembly(kf) else "refspec", self.refspec)
         return kf
+
+
+def _may_require_local_assembly(kf: GLib.KeyFile) -> bool:
+    """rpm-ostree's Treefile::may_require_local_assembly (rust/src/treefile.rs) over the key file:
+    packages or overrides of any kind, a regenerated initramfs, or cliwrap."""
+    lists = (("packages", "requested"), ("packages", "requested-local"),
+             ("packages", "requested-local-fileoverride"), ("overrides", "remove"),
+             ("overrides", "replace-local"), ("rpmostree", "initramfs-etc"))
+    if any(_keyfile_list(kf, group, key) for group, key in lists):
+        return True
+    # An [overrides] replace entry is "repo=NAME,PKG,...": it counts once it names a package.
+    if any("," in entry for entry in _keyfile_list(kf, "overrides", "replace")):
+        return True
+    return _keyfile_bool(kf, "rpmostree", "regenerate-initramfs") or _keyfile_bool(kf, "rpmostree", "ex-cliwrap")
 
 
 def _keyfile_get(kf: GLib.KeyFile, group: str, key: str) -> str | None:
@@ -88,6 +163,20 @@ def _keyfile_get(kf: GLib.KeyFile, group: str, key: str) -> str | None:
     except GLib.Error:
         return None
     return value
+
+
+def _keyfile_list(kf: GLib.KeyFile, group: str, key: str) -> list[str]:
+    try:
+        return [v for v in kf.get_string_list(group, key) if v]
+    except GLib.Error:
+        return []
+
+
+def _keyfile_bool(kf: GLib.KeyFile, group: str, key: str) -> bool:
+    try:
+        return bool(kf.get_boolean(group, key))
+    except GLib.Error:
+        return False
 
 
 def _keyfile_remove(kf: GLib.KeyFile, group: str, key: str) -> None:
@@ -231,13 +320,18 @@ class Sysroot:
         kf = d.get_origin()
         if kf is None:
             raise SysrootError(f"deployment {name} has no .origin file", hint="redeploy it with ostree admin deploy")
+        path = self.path / self.ostree.get_deployment_dirpath(d)
+        try:
+            origin = Origin.from_keyfile(kf)
+        except SysrootError as e:
+            raise SysrootError(f"{e.message} ({path}.origin)", hint=e.hint) from e
         return Deployment(
             osname=d.get_osname(),
             checksum=d.get_csum(),
             serial=d.get_deployserial(),
             index=index,
-            path=self.path / self.ostree.get_deployment_dirpath(d),
-            origin=Origin.from_keyfile(kf),
+            path=path,
+            origin=origin,
             booted=name == self._booted_name,
             staged=d.is_staged(),
         )
@@ -285,15 +379,26 @@ class Sysroot:
         raise SysrootError(f"deployment {d.name} is gone", hint="run `lulayer status` and retry")
 
 
-def resolve_ref(repo: OSTree.Repo, refspec: str) -> str:
-    """The commit a refspec (``remote:ref`` or ``ref``) points at in the local repository."""
+@overload
+def resolve_ref(repo: OSTree.Repo, refspec: str) -> str: ...
+@overload
+def resolve_ref(repo: OSTree.Repo, refspec: str, *, allow_missing: bool) -> str | None: ...
+def resolve_ref(repo: OSTree.Repo, refspec: str, *, allow_missing: bool = False) -> str | None:
+    """The commit a refspec (``remote:ref`` or ``ref``) points at in the local repository
+    (with allow_missing, None when there is no such ref)."""
     try:
-        _, rev = repo.resolve_rev(refspec, False)
+        _, rev = repo.resolve_rev(refspec, allow_missing)
         if rev is None and ":" in refspec:
-            _, rev = repo.resolve_rev(refspec.split(":", 1)[1], False)
+            _, rev = repo.resolve_rev(refspec.split(":", 1)[1], allow_missing)
     except GLib.Error as e:
         raise SysrootError(f"cannot resolve {refspec!r} in the repository: {e.message}") from e
-    result: str = rev
+    result: str | None = rev
+    return result
+
+
+def commit_timestamp(repo: OSTree.Repo, checksum: str) -> int:
+    _, commit = repo.load_variant(OSTree.ObjectType.COMMIT, checksum)
+    result: int = OSTree.commit_get_timestamp(commit)
     return result
 
 

@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,14 +62,15 @@ def fixture_repo() -> Path:
 
 @pytest.fixture
 def make_sysroot(tmp_path: Path) -> Iterator[Callable[..., Path]]:
-    """Factory: make_sysroot(extra_files=0) returns a fresh OSTree folder sysroot, a
-    clone of the cached template, removed (unmounted, chattr -i) after the test."""
+    """Factory: make_sysroot(extra_files=0, rpmdb=..., origin=...) returns a fresh OSTree folder
+    sysroot, a clone of the cached template (fixture_build.sysroot_template: the rpmdb layout and
+    the origin's form are its choices), removed (unmounted, chattr -i) after the test."""
     made: list[Path] = []
 
-    def make(extra_files: int = 0) -> Path:
+    def make(extra_files: int = 0, **choices: Any) -> Path:
         dest = tmp_path / f"sysroot{len(made) or ''}"
         made.append(dest)
-        return fixture_build.clone_sysroot(fixture_build.sysroot_template(extra_files), dest)
+        return fixture_build.clone_sysroot(fixture_build.sysroot_template(extra_files, **choices), dest)
 
     yield make
     for path in reversed(made):

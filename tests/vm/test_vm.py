@@ -60,7 +60,7 @@ step usr-ro touch /usr/x
     assert booted["osname"] == "debian"
     assert f"* debian {booted['checksum']}.{booted['serial']}" in b.ok("ostree-status")
     status = b.ok("status")
-    assert "● debian:debian/12/x86_64/lulayer-vm (booted)" in status, status
+    assert "● debian/12/x86_64/lulayer-vm (booted)" in status, status
     assert str(booted["checksum"]) in status
 
 
