@@ -265,7 +265,7 @@ class Layering:
         commit = composer.compose(repo, sysroot.compose_scratch, composer.ComposeRequest(
             base_commit=base, base_root=base_root, dbpath=dbpath, rpms=rpms,
             packages=tuple(r.package for r in resolution.install), requested=req_sorted,
-            repos=composer.repo_stamps(sysroot.cache_dir, [r.id for r in repos]),
+            repos=composer.repo_stamps(sysroot.cache_dir, [r.id for r in resolution.repos]),
         ))
         result = self._deploy(commit, merge.origin.with_requested(req_sorted), merge, changes, req_sorted, stage)
         return replace(result, notes=notes)
