@@ -51,6 +51,7 @@ from lulayer.mounts import (
     overlay_dirs,
     unmount,
 )
+from lulayer.progress import Progress, ProgressReport
 from lulayer.rpmdb.db import commit_packages, tree_dbpath
 from lulayer.rpmdb.model import PackageChanges
 from lulayer.run import run
@@ -78,6 +79,21 @@ class LiveResult:
     @property
     def noop(self) -> bool:
         return self.source == self.target and not self.resumed
+
+    def to_json(self) -> dict[str, object]:
+        """What the text output of a live apply says (cli._print_live), as data."""
+        return {
+            "changed": not self.noop,
+            "source": self.source,
+            "target": self.target,
+            "resumed": self.resumed,
+            "changes": self.changes.to_json(),
+            "files": {"added": self.added, "changed": self.changed, "removed": self.removed},
+            "rpmdb": self.rpmdb,
+            "etc-added": list(self.etc_added),
+            "units": list(self.units),
+            "notes": list(self.notes),
+        }
 
 
 def live_root(sysroot: Sysroot, booted: Deployment) -> Path:
@@ -204,7 +220,8 @@ class _Applier:
         finally:
             os.close(fd)
 
-    def write_file(self, e: FileEntry, dest: tuple[int, str] | None = None) -> None:
+    def write_file(self, e: FileEntry, dest: tuple[int, str] | None = None) -> int:
+        """Write the file; return its size."""
         obj = read_file_object(self.repo, e.checksum)
         parent, name = dest or self.tree.split(_rel(e.path, self.prefix))
         if obj.is_symlink:
@@ -212,9 +229,10 @@ class _Applier:
             os.symlink(obj.symlink_target or "", tmp, dir_fd=parent)
             os.chown(tmp, obj.uid, obj.gid, dir_fd=parent, follow_symlinks=False)
             os.rename(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
-            return
+            return 0
         write_file_atomic(parent, name, obj.write_content, mode=obj.mode, uid=obj.uid, gid=obj.gid,
                           mtime=0, xattrs=obj.xattrs, sync_dir=False)
+        return obj.size
 
     def remove_file(self, path: str) -> None:
         try:
@@ -398,7 +416,7 @@ def reset(sysroot: Sysroot) -> LiveResult:
 
 
 def apply_live(sysroot: Sysroot, target: str, *, allow_replacement: bool = False,
-               allow_removal: bool = False) -> LiveResult:
+               allow_removal: bool = False, progress: Progress | None = None) -> LiveResult:
     """Make the live /usr the target commit's; see the module docstring for the steps."""
     booted = sysroot.booted()
     st = live_state.read_state(sysroot, booted)
@@ -440,8 +458,11 @@ def apply_live(sysroot: Sysroot, target: str, *, allow_replacement: bool = False
                 for d in files.added_dirs:
                     applier.make_dir(d)
                 entries = (*files.added_files, *files.changed_files)
+                written = 0
                 for i, f in enumerate(entries):
-                    applier.write_file(f)
+                    written += applier.write_file(f)
+                    if progress:
+                        progress(ProgressReport("Applying live", i + 1, len(entries), written, 0, f.path))
                     if i == len(entries) // 2:
                         fault("files-half")
                 os.sync()

@@ -13,8 +13,9 @@ import libdnf5
 import rpm
 
 from lulayer.errors import ResolveError
-from lulayer.layering.resolver import Backend, Progress, Resolution, ResolvedPackage, ResolveRequest
+from lulayer.layering.resolver import Backend, Resolution, ResolvedPackage, ResolveRequest
 from lulayer.layering.verify import verify_downloads
+from lulayer.progress import Progress, ProgressReport
 from lulayer.rpmdb.model import Package
 
 
@@ -119,11 +120,17 @@ class Dnf5Resolver:
         downloader = libdnf5.repo.PackageDownloader(self._base)
         for p in self._packages:
             downloader.add(p)
+        # Reported per batch: libdnf5's per-package callbacks are not wired here.
+        size = sum(int(p.get_download_size()) for p in self._packages)
+        if progress:
+            progress(ProgressReport("Downloading packages", 0, len(self._packages), 0, size))
         try:
             downloader.download()
         except Exception as e:
             raise ResolveError(f"cannot download packages: {' '.join(str(e).split())}",
                                hint="check that the repository is reachable and retry") from e
+        if progress:
+            progress(ProgressReport("Downloading packages", len(self._packages), len(self._packages), size, size))
         by_nevra = {str(_package(p)): Path(p.get_package_path()) for p in self._packages}
         paths = tuple(by_nevra[str(r.package)] for r in resolution.install)
         verify_downloads(resolution, paths, self._request.repos)

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import configparser
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
 from lulayer.errors import ResolveError
+from lulayer.progress import Progress
 from lulayer.rpmdb.model import Package
 
 
@@ -68,9 +69,6 @@ class Resolution:
     """The packages to add to the base, in no particular order."""
 
     install: tuple[ResolvedPackage, ...] = field(default_factory=tuple)
-
-
-Progress = Callable[[str, int, int], None]  # (label, done bytes, total bytes)
 
 
 class Resolver(Protocol):
