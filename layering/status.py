@@ -335,6 +335,13 @@ def _remote_status(sysroot: Sysroot, refspec: str, base: str) -> dict[str, objec
     return out
 
 
+def _unlocked(od: OSTree.Deployment, *, live: bool) -> str:
+    """libostree's unlock state; "transient" while lulayer's live overlay is on the booted /usr,
+    as rpm-ostree shows a deployment after apply-live (its overlay is ostree's transient unlock)."""
+    state = str(OSTree.Deployment.unlocked_state_to_string(od.get_unlocked()))
+    return "transient" if live and state == "none" else state
+
+
 def _next_serial(deployments: tuple[Deployment, ...], osname: str, checksum: str) -> int:
     """The serial libostree gives a new deployment of checksum: one more than the highest of
     the same osname and checksum, else 0 (ostree-sysroot-deploy.c, allocate_deployserial)."""
@@ -351,6 +358,7 @@ def read_status(sysroot: Sysroot) -> Status:
     if staged is not None and pending is not None and pending.checksum == staged.commit:
         staged = None  # written; its record is about to go
     dbpath: PurePosixPath = tree_dbpath(booted.path)
+    st = read_state(sysroot, booted)
     out = []
     for d in deps:
         info = commit_info(sysroot.repo, d.checksum)
@@ -367,7 +375,7 @@ def read_status(sysroot: Sysroot) -> Status:
             commit=info,
             base=commit_info(sysroot.repo, base_checksum) if base_checksum != d.checksum else info,
             pinned=bool(od.is_pinned()),
-            unlocked=OSTree.Deployment.unlocked_state_to_string(od.get_unlocked()),
+            unlocked=_unlocked(od, live=d.booted and st.live),
             remote=_remote_status(sysroot, d.origin.refspec, base_checksum),
         ))
     staged_status = None
@@ -388,7 +396,6 @@ def read_status(sysroot: Sysroot) -> Status:
     if next_commit is not None:
         diff = PackageChanges.between(commit_packages(sysroot.repo, booted.checksum, dbpath),
                                       commit_packages(sysroot.repo, next_commit, dbpath))
-    st = read_state(sysroot, booted)
     live = None
     if st.live:
         live_pkgs = commit_packages(sysroot.repo, st.commit, dbpath)

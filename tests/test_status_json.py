@@ -228,6 +228,7 @@ def test_staged_deployment_from_install_live_is_deployments_0(sysroot: Path) -> 
     # The booted deployment runs the staged commit live (rpm-ostree's LIVE_REF).
     assert live["booted"] is True and live["live-replaced"] == staged["checksum"]
     assert "live-inprogress" not in live
+    assert live["unlocked"] == "transient"  # as after rpm-ostree's apply-live (ostree's transient unlock)
     assert pending_exit(sysroot) == 77
 
     lulayer(sysroot, "finalize")
