@@ -69,6 +69,7 @@ from lulayer.mounts import (
     overlay_dirs,
     unmount,
 )
+from lulayer.progress import Progress, ProgressReport
 from lulayer.rpmdb.db import commit_packages, tree_dbpath
 from lulayer.rpmdb.model import PackageChanges
 from lulayer.run import run
@@ -100,6 +101,21 @@ class LiveResult:
     @property
     def noop(self) -> bool:
         return self.source == self.target and not self.resumed
+
+    def to_json(self) -> dict[str, object]:
+        """What the text output of a live apply says (cli._print_live), as data."""
+        return {
+            "changed": not self.noop,
+            "source": self.source,
+            "target": self.target,
+            "resumed": self.resumed,
+            "changes": self.changes.to_json(),
+            "files": {"added": self.added, "changed": self.changed, "removed": self.removed},
+            "rpmdb": self.rpmdb,
+            "etc-added": list(self.etc_added),
+            "units": list(self.units),
+            "notes": list(self.notes),
+        }
 
 
 def live_root(sysroot: Sysroot, booted: Deployment) -> Path:
@@ -296,7 +312,8 @@ class _Applier:
             finally:
                 os.close(fd)
 
-    def write_file(self, e: FileEntry, dest: tuple[int, str] | None = None) -> None:
+    def write_file(self, e: FileEntry, dest: tuple[int, str] | None = None) -> int:
+        """Write the file; return its size."""
         obj = read_file_object(self.repo, e.checksum)
         parent, name = dest or self.tree.split(_rel(e.path, self.prefix))
         # Written elsewhere than e.path (dest), the caller names what it does.
@@ -304,7 +321,7 @@ class _Applier:
             if not obj.is_symlink:
                 write_file_atomic(parent, name, obj.write_content, mode=obj.mode, uid=obj.uid, gid=obj.gid,
                                   mtime=0, xattrs=obj.xattrs, sync_dir=False)
-                return
+                return obj.size
             tmp = temp_name(name)
             os.symlink(obj.symlink_target or "", tmp, dir_fd=parent)
             try:
@@ -314,6 +331,7 @@ class _Applier:
                 with suppress_errno(errno.ENOENT):
                     os.unlink(tmp, dir_fd=parent)
                 raise
+            return 0
 
     def remove_file(self, path: str) -> None:
         try:
@@ -599,7 +617,7 @@ def reset(sysroot: Sysroot) -> LiveResult:
 
 
 def _apply_usr(sysroot: Sysroot, applier: _Applier, files: TreeDiff, target: str, dbpath: PurePosixPath, *,
-               rpmdb_changed: bool, exchange_ok: bool, resumed: bool) -> str:
+               rpmdb_changed: bool, exchange_ok: bool, resumed: bool, progress: Progress | None) -> str:
     """Apply files (the diff but the rpmdb) to the live /usr, and the rpmdb when it changes:
     new files, the replaced-directory set, the rpmdb, removals. Returns how the rpmdb went."""
     replaced, rest = _replaced_set(files, dbpath)
@@ -610,8 +628,11 @@ def _apply_usr(sysroot: Sysroot, applier: _Applier, files: TreeDiff, target: str
     for d in rest.added_dirs:
         applier.make_dir(d)
     entries = (*rest.added_files, *rest.changed_files)
+    written = 0
     for i, f in enumerate(entries):
-        applier.write_file(f)
+        written += applier.write_file(f)
+        if progress:
+            progress(ProgressReport("Applying live", i + 1, len(entries), written, 0, f.path))
         if i == len(entries) // 2:
             fault("files-half")
     for d in rest.changed_dirs:
@@ -650,7 +671,7 @@ def _stopped(target: str, e: OSError | _Failed) -> LiveApplyError:
 
 
 def apply_live(sysroot: Sysroot, target: str, *, allow_replacement: bool = False,
-               allow_removal: bool = False) -> LiveResult:
+               allow_removal: bool = False, progress: Progress | None = None) -> LiveResult:
     """Make the live /usr the target commit's; see the module docstring for the steps."""
     booted = sysroot.booted()
     st = live_state.read_state(sysroot, booted)
@@ -683,7 +704,7 @@ def apply_live(sysroot: Sysroot, target: str, *, allow_replacement: bool = False
             try:
                 applier = _Applier(sysroot, tree, "/usr")
                 rpmdb = _apply_usr(sysroot, applier, files, target, dbpath, rpmdb_changed=rpmdb_changed,
-                                   exchange_ok=exchange_ok, resumed=resumed)
+                                   exchange_ok=exchange_ok, resumed=resumed, progress=progress)
             finally:
                 tree.close()
         etc_added = _add_etc(sysroot, root, applier, diff)

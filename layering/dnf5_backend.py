@@ -15,7 +15,6 @@ import rpm
 from lulayer.errors import ResolveError
 from lulayer.layering.resolver import (
     Backend,
-    Progress,
     RepoConfig,
     RepoConfigTree,
     Resolution,
@@ -31,6 +30,7 @@ from lulayer.layering.resolver import (
     metadata_error,
 )
 from lulayer.layering.verify import verify_downloads
+from lulayer.progress import Progress, ProgressReport
 from lulayer.rpmdb.model import Package
 
 
@@ -57,24 +57,35 @@ class _LogRecords(libdnf5.logger.Logger):  # type: ignore[misc]
 
 
 class _DownloadProgress(libdnf5.repo.DownloadCallbacks):  # type: ignore[misc]
-    def __init__(self, progress: Progress) -> None:
+    """libdnf5's per-package callbacks, summed into one report: packages and bytes done of all."""
+
+    def __init__(self, progress: Progress, files: int, size: int) -> None:
         super().__init__()
         self._progress = progress
+        self._files, self._size = files, size
         self._downloads: list[tuple[str, int]] = []  # (description, total bytes); the index is libdnf5's handle
+        self._bytes: dict[int, int] = {}
+        self._finished = 0
 
     def add_new_download(self, user_data: int, description: str, total_to_download: float) -> int:
         self._downloads.append((description, int(total_to_download)))
         return len(self._downloads) - 1
 
     def progress(self, user_cb_data: int, total_to_download: float, downloaded: float) -> int:
-        self._progress(self._downloads[user_cb_data][0], int(downloaded), int(total_to_download))
+        self._bytes[user_cb_data] = int(downloaded)
+        self._report(user_cb_data)
         return 0
 
     def end(self, user_cb_data: int, status: int, msg: str | None) -> int:
-        description, total = self._downloads[user_cb_data]
         if status != libdnf5.repo.DownloadCallbacks.TransferStatus_ERROR:
-            self._progress(description, total, total)
+            self._bytes[user_cb_data] = self._downloads[user_cb_data][1]
+            self._finished += 1
+            self._report(user_cb_data)
         return 0
+
+    def _report(self, handle: int) -> None:
+        self._progress(ProgressReport("Downloading packages", self._finished, self._files,
+                                      sum(self._bytes.values()), self._size, self._downloads[handle][0]))
 
 
 class Dnf5Resolver:
@@ -146,7 +157,8 @@ class Dnf5Resolver:
         if self._base is None:
             raise ResolveError("download() needs a resolve() first")
         if progress is not None:
-            callbacks = _DownloadProgress(progress)
+            size = sum(int(p.get_download_size()) for p in self._packages)
+            callbacks = _DownloadProgress(progress, len(self._packages), size)
             self._listeners.append(callbacks)
             self._base.set_download_callbacks(libdnf5.repo.DownloadCallbacksUniquePtr(callbacks))
         downloader = libdnf5.repo.PackageDownloader(self._base)

@@ -20,7 +20,6 @@ import rpm
 from lulayer.errors import ResolveError
 from lulayer.layering.resolver import (
     Backend,
-    Progress,
     RepoConfig,
     RepoConfigTree,
     Resolution,
@@ -37,22 +36,40 @@ from lulayer.layering.resolver import (
     one_line,
 )
 from lulayer.layering.verify import verify_downloads
+from lulayer.progress import Progress, ProgressReport
 from lulayer.rpmdb.model import Package
 
 log = logging.getLogger(__name__)
 
 
 class _DownloadProgress(dnf.callback.DownloadProgress):  # type: ignore[misc]
+    """dnf's per-package callbacks, summed into one report: packages and bytes done of all."""
+
     def __init__(self, progress: Progress) -> None:
         super().__init__()
         self._progress = progress
+        self._bytes: dict[str, int] = {}
+        self._finished = 0
+        self._files = 0
+        self._size = 0
+
+    def start(self, total_files: int, total_size: int, total_drpms: int = 0) -> None:
+        self._files, self._size = total_files, total_size
+        if total_files:
+            self._report("")
 
     def progress(self, payload: Any, done: int) -> None:
-        self._progress(str(payload), done, int(payload.download_size or 0))
+        self._bytes[str(payload)] = done
+        self._report(str(payload))
 
     def end(self, payload: Any, status: int, msg: str) -> None:
-        size = int(payload.download_size or 0)
-        self._progress(str(payload), size, size)
+        self._bytes[str(payload)] = int(payload.download_size or 0)
+        self._finished += 1
+        self._report(str(payload))
+
+    def _report(self, item: str) -> None:
+        self._progress(ProgressReport("Downloading packages", self._finished, self._files,
+                                      sum(self._bytes.values()), self._size, item))
 
 
 def _package(p: Any) -> Package:

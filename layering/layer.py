@@ -12,6 +12,7 @@ import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path, PurePosixPath
 
 from gi.repository import GLib, OSTree
@@ -21,7 +22,6 @@ from lulayer.fsutil import remove_path
 from lulayer.layering import compose as composer
 from lulayer.layering.deploy import deploy
 from lulayer.layering.resolver import (
-    Progress,
     RepoConfigTree,
     Resolver,
     ResolveRequest,
@@ -30,7 +30,8 @@ from lulayer.layering.resolver import (
 )
 from lulayer.layering.staged import StagedDeployment
 from lulayer.layering.staged import write as write_staged
-from lulayer.rpmdb.db import commit_packages, read_packages, snapshot, tree_dbpath
+from lulayer.progress import Progress
+from lulayer.rpmdb.db import commit_packages, providers, read_packages, snapshot, tree_dbpath
 from lulayer.rpmdb.model import Package, PackageChanges
 from lulayer.sysroot import (
     Deployment,
@@ -60,6 +61,37 @@ class LayerResult:
     commit: str | None = None
     staged: StagedDeployment | None = None  # recorded for the next boot, not yet written
     notes: tuple[str, ...] = ()  # what the user should know besides the changes (an upgrade's base)
+    previous: tuple[str, ...] = ()  # the requests before the operation
+    inactive: tuple[str, ...] = ()  # requests the base image already provides (rpm-ostree's "inactive")
+
+    @property
+    def changed(self) -> bool:
+        """A new deployment for the next boot was made or recorded (in a dry run: would be)."""
+        return self.message is None if self.dry_run else self.commit is not None
+
+    def to_json(self) -> dict[str, object]:
+        """What the text output of an operation says (cli._print_changes), as data."""
+        out: dict[str, object] = {
+            "changed": self.changed,
+            "dry-run": self.dry_run,
+            "requested-packages": list(self.requested),
+            "previous-requested-packages": list(self.previous),
+            "inactive-requests": list(self.inactive),
+            "changes": self.changes.to_json(),
+        }
+        if self.message is not None:
+            out["message"] = self.message
+        if self.notes:
+            out["notes"] = list(self.notes)
+        if self.commit is not None:
+            out["commit"] = self.commit
+        if self.deployment is not None:
+            d = self.deployment
+            out["deployment"] = {"id": d.id, "osname": d.osname, "checksum": d.checksum, "serial": d.serial,
+                                 "staged": False}
+        elif self.staged is not None:
+            out["deployment"] = {"checksum": self.staged.commit, "staged": True, "builds-on": self.staged.merge}
+        return out
 
 
 def base_commit_of(repo: OSTree.Repo, commit: str) -> str:
@@ -98,6 +130,17 @@ class ImageState:
             labels = config["config"].get("Labels")
         version = next((labels[k] for k in VERSION_LABELS if isinstance(labels, dict) and labels.get(k)), None)
         return cls(digest if isinstance(digest, str) else None, version if isinstance(version, str) else None)
+
+
+def layered_requests_of(repo: OSTree.Repo, commit: str) -> tuple[str, ...]:
+    """The requests a layered commit was composed with (lulayer.requested, or rpm-ostree's
+    rpmostree.packages); the inactive ones are not among them."""
+    meta = commit_metadata(repo, commit)
+    for key in ("lulayer.requested", "rpmostree.packages"):
+        value = meta.get(key)
+        if isinstance(value, list):
+            return tuple(str(v) for v in value)
+    return ()
 
 
 def base_checkout(sysroot: Sysroot, base_commit: str) -> Path:
@@ -156,33 +199,53 @@ class Layering:
         self.progress = progress
 
     def install(self, names: Sequence[str], *, dry_run: bool = False, idempotent: bool = False,
-                stage: bool = False) -> LayerResult:
+                allow_inactive: bool = False, latest: bool = False, stage: bool = False) -> LayerResult:
+        """Request names. Already requested: refused, or with idempotent a no-op, or with
+        latest brought to their newest versions. A name the base image provides is refused
+        unless allow_inactive (rpm-ostree's inactive request)."""
         names = split_specs(names)
         if not names:
             raise LulayerError("no package named", hint="lulayer install PKG...")
         merge = self.sysroot.merge_deployment()
         current = set(merge.origin.requested)
         already = [n for n in names if n in current]
-        if already and not idempotent:
+        if already and not (idempotent or latest):
             raise LulayerError(f"already requested: {', '.join(already)}",
                                hint="pass --idempotent to make this a no-op")
         new = [n for n in names if n not in current]
-        if not new:
+        if not new and not latest:
             return LayerResult(PackageChanges(), tuple(sorted(current)), dry_run=dry_run,
-                               message=f"already requested: {', '.join(already)}; nothing to do")
-        return self._layer(merge, current | set(new), dry_run=dry_run, upgrade=False, stage=stage)
+                               message=f"already requested: {', '.join(already)}; nothing to do",
+                               previous=merge.origin.requested)
+        return self._layer(merge, current | set(new), dry_run=dry_run, upgrade=False, stage=stage,
+                           new=frozenset(new), allow_inactive=allow_inactive,
+                           fresh=frozenset(names) if latest else frozenset())
 
-    def uninstall(self, names: Sequence[str], *, remove_all: bool = False, dry_run: bool = False,
-                  stage: bool = False) -> LayerResult:
+    def uninstall(self, names: Sequence[str], *, remove_all: bool = False, idempotent: bool = False,
+                  dry_run: bool = False, stage: bool = False) -> LayerResult:
+        """Drop names from the requests (remove_all: every request). A name not requested is
+        refused, or with idempotent skipped. No names and no remove_all is refused: an empty
+        list in a script must not remove everything."""
         names = split_specs(names)
         merge = self.sysroot.merge_deployment()
         current = set(merge.origin.requested)
-        if remove_all or not names:
+        nothing = LayerResult(PackageChanges(), tuple(sorted(current)), dry_run=dry_run,
+                              previous=merge.origin.requested)
+        if remove_all:
             if not current:
+                if idempotent:
+                    return replace(nothing, message="no package is layered; nothing to do")
                 raise LulayerError("no package is layered", hint="nothing to uninstall")
             names = tuple(sorted(current))
+        elif not names:
+            raise LulayerError("no package named",
+                               hint="name the packages to uninstall, or pass --all to remove every layered package")
         missing = [n for n in names if n not in current]
-        if missing:
+        if missing and idempotent:
+            names = tuple(n for n in names if n in current)
+            if not names:
+                return replace(nothing, message=f"not requested: {', '.join(missing)}; nothing to do")
+        elif missing:
             base = base_commit_of(self.sysroot.repo, merge.checksum)
             in_base = {p.name for p in commit_packages(self.sysroot.repo, base, tree_dbpath(merge.path))}
             what = "; ".join(f"{n} is part of the base image" if n in in_base else f"{n} is not layered"
@@ -217,11 +280,17 @@ class Layering:
                  if origin.requested else "`bootc upgrade` or `rpm-ostree upgrade` fetches it")
         return base, (f"No newer image is held for {origin.refspec}: {fetch}.",)
 
-    def _layer(self, merge: Deployment, requested: set[str], *, dry_run: bool, upgrade: bool,
-               stage: bool) -> LayerResult:
+    def _layer(self, merge: Deployment, requested: set[str], *, dry_run: bool, upgrade: bool, stage: bool,
+               new: frozenset[str] = frozenset(), allow_inactive: bool = True,
+               fresh: frozenset[str] = frozenset()) -> LayerResult:
+        """Compose the base (upgrade: the newest commit of the origin, _upgrade_base) plus requested.
+
+        Layered packages keep their versions, except with upgrade and those named in fresh,
+        which resolve to the newest. Requests the base provides are inactive: kept in the
+        origin, not layered (refused for the new ones unless allow_inactive)."""
         sysroot, repo = self.sysroot, self.sysroot.repo
         composer.clean_stale_scratch(sysroot.compose_scratch)
-        current_base = base = base_commit_of(repo, merge.checksum)
+        merge_base = base = base_commit_of(repo, merge.checksum)
         notes: tuple[str, ...] = ()
         if upgrade:
             base, notes = self._upgrade_base(merge, base)
@@ -229,46 +298,57 @@ class Layering:
         dbpath = tree_dbpath(base_root)
         old_pkgs = commit_packages(repo, merge.checksum, dbpath)
         req_sorted = tuple(sorted(requested))
-        if not requested:
-            base_pkgs = commit_packages(repo, base, dbpath)
-            changes = PackageChanges.between(old_pkgs, base_pkgs)
-            if upgrade and base == merge.checksum:
-                return LayerResult(changes, req_sorted, dry_run=dry_run, message="No upgrade available.",
-                                   notes=notes)
-            if dry_run:
-                return LayerResult(changes, req_sorted, dry_run=True, notes=notes)
-            return replace(self._deploy(base, merge.origin.with_requested(()), merge, changes, req_sorted, stage),
-                           notes=notes)
-
-        layered_now = {p.name: p for p in layered_packages(sysroot, merge.checksum, dbpath)}
-        specs = tuple(
-            layered_now[n].nevra if (n in layered_now and not upgrade) else n for n in req_sorted
-        )
-        releasever = _releasever(base_root)
-        repos = RepoConfigTree(sysroot.booted().path)
         with snapshot(base_root / str(dbpath).lstrip("/"), dbpath) as installed_root:
             base_pkgs = read_packages(installed_root, dbpath)
-            resolution = self.resolver.resolve(ResolveRequest(
-                installed_root=installed_root, dbpath=dbpath, repos=repos,
-                cache_dir=sysroot.cache_dir, releasever=releasever, install=specs,
-            ))
-            new_pkgs = tuple(sorted((*base_pkgs, *(r.package for r in resolution.install))))
+            provided = {n: found for n in req_sorted if (found := providers(installed_root, dbpath, n))}
+            refused = sorted(n for n in new if n in provided) if not allow_inactive else []
+            if refused:
+                n = refused[0]
+                raise LulayerError(f'"{n}" is already provided by: {" ".join(p.nevra for p in provided[n])}',
+                                   hint="pass --allow-inactive to request it anyway")
+            active = tuple(n for n in req_sorted if n not in provided)
+            result = partial(LayerResult, requested=req_sorted, previous=merge.origin.requested,
+                             inactive=tuple(sorted(provided)), notes=notes)
+            resolution = None
+            reuse = (not upgrade and not fresh and base == merge_base and merge.checksum != merge_base
+                     and set(active) == set(layered_requests_of(repo, merge.checksum)))
+            if reuse:  # the same packages on the same base (only inactive requests changed): the same commit
+                new_pkgs = old_pkgs
+            elif active:
+                layered_now = {p.name: p for p in layered_packages(sysroot, merge.checksum, dbpath)}
+                specs = tuple(
+                    layered_now[n].nevra if (n in layered_now and not upgrade and n not in fresh) else n
+                    for n in active
+                )
+                resolution = self.resolver.resolve(ResolveRequest(
+                    installed_root=installed_root, dbpath=dbpath, repos=RepoConfigTree(sysroot.booted().path),
+                    cache_dir=sysroot.cache_dir, releasever=_releasever(base_root), install=specs,
+                ))
+                new_pkgs = tuple(sorted((*base_pkgs, *(r.package for r in resolution.install))))
+            else:
+                new_pkgs = base_pkgs
             changes = PackageChanges.between(old_pkgs, new_pkgs)
-            if upgrade and changes.empty and base == current_base:
-                return LayerResult(changes, req_sorted, dry_run=dry_run, message="No upgrade available.",
-                                   notes=notes)
+            if (upgrade or fresh) and changes.empty and base == merge_base and req_sorted == tuple(
+                    sorted(merge.origin.requested)):
+                message = ("No upgrade available." if upgrade else
+                           f"already at the newest versions: {', '.join(sorted(fresh))}; nothing to do")
+                return result(changes, dry_run=dry_run, message=message)
             if dry_run:
-                return LayerResult(changes, req_sorted, dry_run=True, notes=notes)
-            rpms = self.resolver.download(resolution, self.progress)
+                return result(changes, dry_run=True)
+            rpms = self.resolver.download(resolution, self.progress) if resolution is not None else ()
+        origin = merge.origin.with_requested(req_sorted)
+        done = partial(replace, previous=merge.origin.requested, inactive=tuple(sorted(provided)), notes=notes)
+        if resolution is None:  # nothing to compose: the base image itself, or the merge commit again
+            commit = merge.checksum if reuse else base
+            return done(self._deploy(commit, origin, merge, changes, req_sorted, stage))
         if not resolution.install:
             raise ResolveError("the resolver selected no package", hint="check the requested names")
         commit = composer.compose(repo, sysroot.compose_scratch, composer.ComposeRequest(
             base_commit=base, base_root=base_root, dbpath=dbpath, rpms=rpms,
-            packages=tuple(r.package for r in resolution.install), requested=req_sorted,
+            packages=tuple(r.package for r in resolution.install), requested=active,
             repos=composer.repo_stamps(sysroot.cache_dir, [r.id for r in resolution.repos]),
         ))
-        result = self._deploy(commit, merge.origin.with_requested(req_sorted), merge, changes, req_sorted, stage)
-        return replace(result, notes=notes)
+        return done(self._deploy(commit, origin, merge, changes, req_sorted, stage))
 
     def _deploy(self, commit: str, origin: Origin, merge: Deployment, changes: PackageChanges,
                 requested: tuple[str, ...], stage: bool) -> LayerResult:

@@ -16,13 +16,14 @@ call the rules (`check_spec`, `check_transaction`, `check_repo_files`,
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence, Set
+from collections.abc import Collection, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
 from lulayer.errors import ResolveError
+from lulayer.progress import Progress
 from lulayer.rpmdb.model import Package
 
 
@@ -101,9 +102,6 @@ class Resolution:
 
     install: tuple[ResolvedPackage, ...] = field(default_factory=tuple)
     repos: tuple[RepoConfig, ...] = field(default_factory=tuple)
-
-
-Progress = Callable[[str, int, int], None]  # (label, done bytes, total bytes)
 
 
 class Resolver(Protocol):

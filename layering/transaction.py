@@ -19,12 +19,13 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
 from lulayer.apply import live
+from lulayer.apply import state as live_state
 from lulayer.apply.live import LiveResult
 from lulayer.errors import LiveApplyError, LulayerError
 from lulayer.layering import deploy, staged
@@ -32,6 +33,8 @@ from lulayer.layering.cleanup import CleanupResult, cleanup
 from lulayer.layering.layer import Layering, LayerResult
 from lulayer.layering.status import Status, read_status
 from lulayer.lock import sysroot_lock
+from lulayer.progress import ProgressReport
+from lulayer.run import run
 from lulayer.sysroot import Deployment, Sysroot, require_root
 
 
@@ -40,7 +43,7 @@ class Reporter(Protocol):
 
     def say(self, message: str) -> None: ...
 
-    def progress(self, label: str, done: int, total: int) -> None: ...
+    def progress(self, report: ProgressReport) -> None: ...
 
     def recovered(self, recovery: Recovery) -> None: ...
 
@@ -72,11 +75,68 @@ class LayerOutcome:
     layer: LayerResult
     live: LiveResult | None
     next_boot: NextBoot
+    needs_reboot: bool = False  # the next boot brings what the running system lacks (Transaction.needs_reboot)
+
+    @property
+    def changed(self) -> bool:
+        """Something changed: a new deployment for the next boot, or the live /usr (a dry run: would)."""
+        return self.layer.changed or (self.live is not None and not self.live.noop)
+
+    def to_json(self) -> dict[str, object]:
+        """The outcome as `--json` prints it: the same data as the text output."""
+        out = self.layer.to_json()
+        out["changed"] = self.changed
+        out["next-boot"] = str(self.next_boot)
+        out["needs-reboot"] = self.needs_reboot
+        if self.live is not None:
+            out["live"] = self.live.to_json()
+        return out
+
+
+@dataclass(frozen=True)
+class LiveOutcome:
+    """apply-live (or its --reset): what changed live, and whether the next boot brings more."""
+
+    live: LiveResult
+    needs_reboot: bool
+
+    def to_json(self) -> dict[str, object]:
+        return {"changed": not self.live.noop, "needs-reboot": self.needs_reboot, "live": self.live.to_json()}
 
 
 def status(sysroot_path: Path | None) -> Status:
     """The sysroot's deployments, live state and staged deployment; takes no lock."""
     return read_status(Sysroot(sysroot_path))
+
+
+def needs_reboot(sysroot: Sysroot) -> bool:
+    """Whether the deployment that boots next (staged, else the default) holds something the
+    running system does not: it is neither the booted commit nor what the live /usr holds."""
+    record = staged.read(sysroot)
+    next_commit = record.commit if record is not None else sysroot.deployments()[0].checksum
+    booted = sysroot.booted()
+    return next_commit not in (booted.checksum, live_state.read_state(sysroot, booted).commit)
+
+
+def check_reboot(sysroot_path: Path | None) -> None:
+    """Refuse to reboot a folder sysroot: it is not the running host."""
+    if sysroot_path is not None:
+        raise LulayerError(f"--reboot reboots the running host, and {sysroot_path} is a folder sysroot",
+                           hint="leave out -r/--reboot")
+
+
+def reboot_host(sysroot_path: Path | None) -> None:
+    """Reboot the running host (`systemctl reboot`), as rpm-ostree's --reboot does after a change."""
+    check_reboot(sysroot_path)
+    run(["systemctl", "reboot"])
+
+
+def layered_requests(sysroot_path: Path | None) -> tuple[str, ...]:
+    """The package requests the next operation builds on: a staged deployment's, else the merge
+    deployment's origin. Reads only (no lock, no root): for shell completion."""
+    sysroot = Sysroot(sysroot_path)
+    record = staged.read(sysroot)
+    return record.requested if record is not None else sysroot.merge_deployment().origin.requested
 
 
 class Transaction:
@@ -117,14 +177,17 @@ class Transaction:
     # --- layering ----------------------------------------------------------------------
 
     def install(self, names: Sequence[str], *, dry_run: bool = False, idempotent: bool = False,
-                live: bool = False, allow_replacement: bool = False) -> LayerOutcome:
-        return self._layer(lambda ly: ly.install(names, dry_run=dry_run, idempotent=idempotent, stage=live),
+                allow_inactive: bool = False, latest: bool = False, live: bool = False,
+                allow_replacement: bool = False) -> LayerOutcome:
+        return self._layer(lambda ly: ly.install(names, dry_run=dry_run, idempotent=idempotent,
+                                                 allow_inactive=allow_inactive, latest=latest, stage=live),
                            live=live, allow_replacement=allow_replacement, allow_removal=False)
 
-    def uninstall(self, names: Sequence[str], *, remove_all: bool = False, dry_run: bool = False,
-                  live: bool = False, allow_replacement: bool = False) -> LayerOutcome:
+    def uninstall(self, names: Sequence[str], *, remove_all: bool = False, idempotent: bool = False,
+                  dry_run: bool = False, live: bool = False, allow_replacement: bool = False) -> LayerOutcome:
         # Removing what is uninstalled is what uninstall --live is for.
-        return self._layer(lambda ly: ly.uninstall(names, remove_all=remove_all, dry_run=dry_run, stage=live),
+        return self._layer(lambda ly: ly.uninstall(names, remove_all=remove_all, idempotent=idempotent,
+                                                   dry_run=dry_run, stage=live),
                            live=live, allow_replacement=allow_replacement, allow_removal=True)
 
     def upgrade(self, *, dry_run: bool = False, live: bool = False,
@@ -134,6 +197,20 @@ class Transaction:
 
     def _layer(self, operation: Callable[[Layering], LayerResult], *, live: bool, allow_replacement: bool,
                allow_removal: bool) -> LayerOutcome:
+        outcome = self._layer_outcome(operation, live=live, allow_replacement=allow_replacement,
+                                      allow_removal=allow_removal)
+        if outcome.layer.dry_run:  # what the next boot would bring; a live apply would leave nothing pending
+            pending = not live and (outcome.layer.changed or self.needs_reboot())
+        else:
+            pending = self.needs_reboot()
+        return replace(outcome, needs_reboot=pending)
+
+    def needs_reboot(self) -> bool:
+        """Whether the next boot brings what the running system lacks (see needs_reboot)."""
+        return needs_reboot(self.sysroot)
+
+    def _layer_outcome(self, operation: Callable[[Layering], LayerResult], *, live: bool, allow_replacement: bool,
+                       allow_removal: bool) -> LayerOutcome:
         self._recover()
         # With live, the next boot's deployment is staged: written after the live update.
         result = operation(Layering(self.sysroot, progress=self.reporter.progress))
@@ -175,21 +252,23 @@ class Transaction:
 
     def _apply_live(self, target: str, *, allow_replacement: bool, allow_removal: bool = False) -> LiveResult:
         return live.apply_live(self.sysroot, target, allow_replacement=allow_replacement,
-                               allow_removal=allow_removal)
+                               allow_removal=allow_removal, progress=self.reporter.progress)
 
-    def apply_live(self, *, allow_replacement: bool = False) -> LiveResult:
+    def apply_live(self, *, allow_replacement: bool = False) -> LiveOutcome:
         """Apply the pending deployment to the running system."""
         self._recover()
         pending = self.sysroot.pending()
         if pending is None:
             raise LiveApplyError("there is no pending deployment to apply",
                                  hint="make one with `lulayer install PKG`, or pass --reset")
-        return self._apply_live(pending.checksum, allow_replacement=allow_replacement)
+        result = self._apply_live(pending.checksum, allow_replacement=allow_replacement)
+        return LiveOutcome(result, self.needs_reboot())
 
-    def reset_live(self) -> LiveResult:
+    def reset_live(self) -> LiveOutcome:
         """Return the live /usr to the booted commit (an interrupted update is dropped, not finished)."""
         self._recover(live_update=False)
-        return live.reset(self.sysroot)
+        result = live.reset(self.sysroot)
+        return LiveOutcome(result, self.needs_reboot())
 
     # --- deployments -------------------------------------------------------------------
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import sys
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -15,12 +17,19 @@ import click
 
 from lulayer import __version__
 from lulayer.errors import LulayerError
+from lulayer.progress import ProgressReport
 
 if TYPE_CHECKING:  # the core is imported when a command runs, not for --help
     from lulayer.apply.live import LiveResult
     from lulayer.layering.layer import LayerResult
     from lulayer.layering.status import LiveStatus, StagedStatus, Status
     from lulayer.layering.transaction import LayerOutcome, Recovery, Transaction
+
+# rpm-ostree's exit code for "nothing changed" (--unchanged-exit-77, upgrade --check) and for
+# "a deployment is pending" (status --pending-exit-77): src/app/rpmostree-builtin-types.h,
+# RPM_OSTREE_EXIT_UNCHANGED and RPM_OSTREE_EXIT_PENDING.
+EXIT_UNCHANGED = 77
+EXIT_PENDING = 77
 
 
 @dataclass
@@ -35,34 +44,72 @@ def _die(e: LulayerError) -> NoReturn:
     sys.exit(e.exit_code)
 
 
-class _TerminalReporter:
-    """The core's reports (transaction.Reporter), as lines on stderr and a progress line on a terminal."""
+def _size(n: int) -> str:
+    if n < 1024:
+        return f"{n} B"
+    value = float(n)
+    for unit in ("KiB", "MiB", "GiB"):
+        value /= 1024
+        if value < 1024 or unit == "GiB":
+            break
+    return f"{value:.1f} {unit}"
 
-    def __init__(self) -> None:
+
+def _progress_counts(r: ProgressReport) -> str:
+    size = _size(r.done_bytes) + (f"/{_size(r.total_bytes)}" if r.total_bytes else "")
+    return f"{r.done}/{r.total}, {size}"
+
+
+class _TerminalReporter:
+    """The core's reports (transaction.Reporter), on stderr: a progress bar on a terminal,
+    plain lines without control characters elsewhere."""
+
+    BAR = 24
+    REDRAW = 0.1  # seconds between redraws of a progress line
+
+    def __init__(self, json_mode: bool = False) -> None:
         self._tty = sys.stderr.isatty()
+        self._json = json_mode  # stdout carries the JSON result alone
+        self._drawn = 0.0
 
     def say(self, message: str) -> None:
         click.echo(message, err=True)
 
-    def progress(self, label: str, done: int, total: int) -> None:
-        if not self._tty:
+    def progress(self, report: ProgressReport) -> None:
+        if not report.total:
             return
-        pct = f"{100 * done // total:3d}%" if total else "   "
-        end = "\n" if total and done >= total else ""
-        sys.stderr.write(f"\r  {label[:50]:50} {pct}{end}")
+        if not self._tty:
+            if report.finished:  # one line per finished step, for logs
+                click.echo(f"{report.task}: {_progress_counts(report)}", err=True)
+            return
+        now = time.monotonic()
+        if not report.finished and now - self._drawn < self.REDRAW:
+            return
+        self._drawn = now
+        filled = self.BAR * min(report.done_bytes, report.total_bytes) // report.total_bytes if report.total_bytes \
+            else self.BAR * report.done // report.total
+        bar = "#" * filled + "-" * (self.BAR - filled)
+        line = f"{report.task} [{bar}] {_progress_counts(report)}"
+        if not report.finished and report.item:
+            line += f" {report.item}"
+        width = max(20, shutil.get_terminal_size().columns - 1)
+        sys.stderr.write("\r\x1b[K" + line[:width] + ("\n" if report.finished else ""))
         sys.stderr.flush()
 
     def recovered(self, recovery: Recovery) -> None:
         if recovery.live is not None:
-            _print_live(recovery.live)
+            if self._json:
+                self.say(f"Finished an interrupted live update to {recovery.live.target[:12]}")
+            else:
+                _print_live(recovery.live)
         if recovery.staged is not None:
             self.say(f"Wrote the deployment staged for the next boot: {recovery.staged.name}")
 
 
-def _transaction(ctx: Context) -> AbstractContextManager[Transaction]:
+def _transaction(ctx: Context, json_mode: bool = False) -> AbstractContextManager[Transaction]:
     from lulayer.layering.transaction import Transaction
 
-    return Transaction.begin(ctx.sysroot_path, _TerminalReporter())
+    return Transaction.begin(ctx.sysroot_path, _TerminalReporter(json_mode))
 
 
 class _Group(click.Group):
@@ -104,7 +151,9 @@ def _print_changes(result: LayerResult, where: str) -> None:
     elif ch.empty:
         click.echo(f"No package changes; a new deployment was made for the {where}.")
     else:
-        click.echo(f"Changes queued for the {where}. Run `systemctl reboot` to start using them.")
+        click.echo(f"Changes queued for the {where}.")
+    if result.inactive:
+        click.echo("Inactive requests (the base image provides them): " + " ".join(result.inactive))
 
 
 def _print_live(r: LiveResult) -> None:
@@ -135,6 +184,8 @@ def _print_outcome(outcome: LayerOutcome) -> None:
         _print_live(outcome.live)
     if outcome.next_boot is NextBoot.BEING_WRITTEN:
         click.echo("The next boot's deployment is being written in the background; a reboot waits for it.")
+    if outcome.needs_reboot and not outcome.layer.dry_run:  # also when pending from before (community.general#10009)
+        click.echo("The next boot brings changes the running system lacks: run `systemctl reboot` to use them.")
 
 
 def _live_options(f: Callable[..., None]) -> Callable[..., None]:
@@ -144,56 +195,149 @@ def _live_options(f: Callable[..., None]) -> Callable[..., None]:
                         help="Also apply the change to the running system, without a reboot.")(f)
 
 
+def _script_options(f: Callable[..., None]) -> Callable[..., None]:
+    """The options of rpm-ostree's package commands that scripts and tools pass
+    (src/app/rpmostree-pkg-builtins.cxx, rpmostree-builtin-upgrade.cxx)."""
+    f = click.option("--json", "as_json", is_flag=True,
+                     help="Print the result as JSON (the same data as the text), nothing else on stdout.")(f)
+    f = click.option("--unchanged-exit-77", "unchanged_exit_77", is_flag=True,
+                     help="Exit 77 when nothing changed (with --dry-run: when nothing would).")(f)
+    f = click.option("-r", "--reboot", is_flag=True,
+                     help="Reboot the host after a change (`systemctl reboot`); not with --live.")(f)
+    return click.option("-y", "--assumeyes", is_flag=True,
+                        help="Accepted for rpm-ostree's scripts; lulayer never asks.")(f)
+
+
+def _check_reboot(ctx: Context, reboot: bool, live: bool) -> None:
+    """Refuse -r/--reboot before anything is done where it cannot be honoured."""
+    if not reboot:
+        return
+    if live:  # rpm-ostree refuses the pair too (rpmostreed-transaction-types.cxx)
+        raise LulayerError("--reboot and --live cannot be combined",
+                           hint="--live applies the change now; leave out one of them")
+    from lulayer.layering.transaction import check_reboot
+
+    check_reboot(ctx.sysroot_path)
+
+
+def _report_outcome(outcome: LayerOutcome, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(outcome.to_json(), indent=2))
+    else:
+        _print_outcome(outcome)
+
+
+def _after(ctx: Context, outcome: LayerOutcome, *, reboot: bool, unchanged_exit_77: bool) -> None:
+    """What follows a printed outcome: a reboot after a change, or exit 77 after none."""
+    if reboot and outcome.layer.changed and not outcome.layer.dry_run:
+        from lulayer.layering.transaction import reboot_host
+
+        reboot_host(ctx.sysroot_path)
+    elif unchanged_exit_77 and not outcome.changed:
+        sys.exit(EXIT_UNCHANGED)
+
+
 @cli.command()
 @click.argument("packages", nargs=-1, required=True)
 @click.option("-n", "--dry-run", is_flag=True, help="Resolve and show the changes; change nothing.")
 @click.option("--idempotent", is_flag=True, help="Do nothing when a package is already requested.")
+@click.option("--allow-inactive", is_flag=True,
+              help="Record a request for a package the base image already has (inactive until the base drops it).")
+@click.option("--latest", is_flag=True,
+              help="Also upgrade the named packages that are layered already to their newest versions "
+                   "(the base image and other packages stay as they are).")
 @_live_options
+@_script_options
 @click.pass_obj
-def install(ctx: Context, packages: tuple[str, ...], dry_run: bool, idempotent: bool, live: bool,
-            allow_replacement: bool) -> None:
+def install(ctx: Context, packages: tuple[str, ...], dry_run: bool, idempotent: bool, allow_inactive: bool,
+            latest: bool, live: bool, allow_replacement: bool, as_json: bool, unchanged_exit_77: bool, reboot: bool,
+            assumeyes: bool) -> None:
     """Layer PACKAGES onto the image, for the next boot (and now, with --live)."""
-    with _transaction(ctx) as tx:
-        _print_outcome(tx.install(packages, dry_run=dry_run, idempotent=idempotent, live=live,
-                                  allow_replacement=allow_replacement))
+    _check_reboot(ctx, reboot, live)
+    with _transaction(ctx, as_json) as tx:
+        outcome = tx.install(packages, dry_run=dry_run, idempotent=idempotent, allow_inactive=allow_inactive,
+                             latest=latest, live=live, allow_replacement=allow_replacement)
+        _report_outcome(outcome, as_json)
+    _after(ctx, outcome, reboot=reboot, unchanged_exit_77=unchanged_exit_77)
+
+
+def _complete_layered(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    """Layered package names for `uninstall`, read from the origin without the lock or root."""
+    from lulayer.layering.transaction import layered_requests
+
+    sysroot = ctx.find_root().params.get("sysroot")
+    try:
+        names = layered_requests(sysroot)
+    except Exception:  # completion must never print a traceback into the shell
+        return []
+    taken = set(ctx.params.get("packages") or ())
+    return [n for n in names if n.startswith(incomplete) and n not in taken]
 
 
 @cli.command()
-@click.argument("packages", nargs=-1)
+@click.argument("packages", nargs=-1, shell_complete=_complete_layered)
 @click.option("-a", "--all", "remove_all", is_flag=True, help="Remove every layered package.")
+@click.option("--idempotent", is_flag=True, help="Skip packages that are not layered instead of refusing.")
 @click.option("-n", "--dry-run", is_flag=True, help="Show the changes; change nothing.")
 @_live_options
+@_script_options
 @click.pass_obj
-def uninstall(ctx: Context, packages: tuple[str, ...], remove_all: bool, dry_run: bool, live: bool,
-              allow_replacement: bool) -> None:
-    """Remove layered PACKAGES (no names, or --all: every layered package)."""
-    with _transaction(ctx) as tx:
-        _print_outcome(tx.uninstall(packages, remove_all=remove_all, dry_run=dry_run, live=live,
-                                    allow_replacement=allow_replacement))
+def uninstall(ctx: Context, packages: tuple[str, ...], remove_all: bool, idempotent: bool, dry_run: bool, live: bool,
+              allow_replacement: bool, as_json: bool, unchanged_exit_77: bool, reboot: bool, assumeyes: bool) -> None:
+    """Remove layered PACKAGES (--all: every layered package)."""
+    if not packages and not remove_all:  # an empty list in a script must not remove everything
+        raise LulayerError("no package named",
+                           hint="name the packages to uninstall, or pass --all to remove every layered package")
+    _check_reboot(ctx, reboot, live)
+    with _transaction(ctx, as_json) as tx:
+        outcome = tx.uninstall(packages, remove_all=remove_all, idempotent=idempotent, dry_run=dry_run, live=live,
+                               allow_replacement=allow_replacement)
+        _report_outcome(outcome, as_json)
+    _after(ctx, outcome, reboot=reboot, unchanged_exit_77=unchanged_exit_77)
 
 
 @cli.command()
 @click.option("-n", "--dry-run", is_flag=True, help="Show the changes; change nothing.")
+@click.option("--check", is_flag=True, help="Only say whether an upgrade is available (exit 77 when none).")
+@click.option("--preview", is_flag=True, help="Only show the package changes of the upgrade (exit 77 when none).")
 @_live_options
+@_script_options
 @click.pass_obj
-def upgrade(ctx: Context, dry_run: bool, live: bool, allow_replacement: bool) -> None:
+def upgrade(ctx: Context, dry_run: bool, check: bool, preview: bool, live: bool, allow_replacement: bool,
+            as_json: bool, unchanged_exit_77: bool, reboot: bool, assumeyes: bool) -> None:
     """Newest base commit held for the origin (its ref, or its image), layered packages at their newest versions."""
-    with _transaction(ctx) as tx:
-        _print_outcome(tx.upgrade(dry_run=dry_run, live=live, allow_replacement=allow_replacement))
+    if reboot and (check or preview):  # as rpmostree-builtin-upgrade.cxx
+        raise LulayerError("--reboot cannot be combined with --check or --preview")
+    _check_reboot(ctx, reboot, live)
+    only_look = check or preview
+    with _transaction(ctx, as_json) as tx:
+        outcome = tx.upgrade(dry_run=dry_run or only_look, live=live and not only_look,
+                             allow_replacement=allow_replacement)
+        if as_json or not check:
+            _report_outcome(outcome, as_json)
+        elif outcome.changed:
+            click.echo("Upgrade available.")
+        else:
+            click.echo("No upgrade available.")
+    # --check and --preview imply --unchanged-exit-77 (rpmostree-builtin-upgrade.cxx).
+    _after(ctx, outcome, reboot=reboot, unchanged_exit_77=unchanged_exit_77 or only_look)
 
 
 @cli.command("apply-live")
 @click.option("--reset", is_flag=True, help="Return the live /usr to the booted commit.")
 @click.option("--allow-replacement", is_flag=True, help="Allow replacing or removing existing files and packages.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON, nothing else on stdout.")
 @click.pass_obj
-def apply_live(ctx: Context, reset: bool, allow_replacement: bool) -> None:
+def apply_live(ctx: Context, reset: bool, allow_replacement: bool, as_json: bool) -> None:
     """Apply the pending deployment to the running system, without a reboot."""
-    with _transaction(ctx) as tx:
-        if reset:
-            r = tx.reset_live()
-            click.echo(f"Live /usr reset to the booted commit {r.target[:12]}.")
-            return
-        _print_live(tx.apply_live(allow_replacement=allow_replacement))
+    with _transaction(ctx, as_json) as tx:
+        outcome = tx.reset_live() if reset else tx.apply_live(allow_replacement=allow_replacement)
+        if as_json:
+            click.echo(json.dumps(outcome.to_json(), indent=2))
+        elif reset:
+            click.echo(f"Live /usr reset to the booted commit {outcome.live.target[:12]}.")
+        else:
+            _print_live(outcome.live)
 
 
 @cli.command()
@@ -239,24 +383,31 @@ def cleanup(ctx: Context, pending: bool, rollback_: bool, repomd: bool) -> None:
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="rpm-ostree's JSON layout.")
 @click.option("-v", "--verbose", is_flag=True, help="Show more of each deployment.")
+@click.option("-b", "--booted", "booted_only", is_flag=True, help="Only the booted deployment.")
+@click.option("--pending-exit-77", "pending_exit_77", is_flag=True,
+              help="Exit 77 when a deployment other than the booted one boots next.")
 @click.pass_obj
-def status(ctx: Context, as_json: bool, verbose: bool) -> None:
+def status(ctx: Context, as_json: bool, verbose: bool, booted_only: bool, pending_exit_77: bool) -> None:
     """The deployments in boot order, the booted one marked."""
     from lulayer.layering.transaction import status as read_status
 
     st = read_status(ctx.sysroot_path)
     if as_json:
-        click.echo(json.dumps(st.to_json(), indent=2))
-        return
-    _print_status(st, verbose)
+        click.echo(json.dumps(st.to_json(booted_only=booted_only), indent=2))
+    else:
+        _print_status(st, verbose, booted_only)
+    if pending_exit_77 and st.pending_deployment:  # rpmostree-builtin-status.cxx
+        sys.exit(EXIT_PENDING)
 
 
-def _print_status(st: Status, verbose: bool) -> None:
-    click.echo("Deployments:")
-    if st.staged is not None:
+def _print_status(st: Status, verbose: bool, booted_only: bool = False) -> None:
+    click.echo("BootedDeployment:" if booted_only else "Deployments:")
+    if st.staged is not None and not booted_only:
         _print_staged(st.staged, verbose)
     for ds in st.deployments:
         d = ds.deployment
+        if booted_only and not d.booted:
+            continue
         mark = "●" if d.booted else " "
         tags = [t for t, on in (("booted", d.booted), ("pending", ds.pending), ("rollback", ds.rollback),
                                 ("staged", d.staged), ("superseded by the staged deployment", ds.superseded))
@@ -274,14 +425,13 @@ def _print_status(st: Status, verbose: bool) -> None:
         if verbose:
             click.echo(f"{'StateRoot':>19}: {d.osname}")
             click.echo(f"{'Deployment':>19}: {d.path}")
-        if d.origin.requested:
-            click.echo(f"{'LayeredPackages':>19}: {' '.join(d.origin.requested)}")
+        _print_requests(d.origin.requested, ds.inactive_requests)
         if d.booted and st.live is not None:
             _print_live_status(st.live)
         if verbose and ds.layered:
             click.echo(f"{'Packages':>19}: {' '.join(p.nevra for p in ds.layered)}")
         click.echo("")
-    if st.pending_diff is not None and not st.pending_diff.empty:
+    if st.pending_diff is not None and not st.pending_diff.empty and not booted_only:
         diff = st.pending_diff
         parts = [f"{len(diff.added)} added" if diff.added else "",
                  f"{len(diff.upgraded)} upgraded" if diff.upgraded else "",
@@ -295,6 +445,15 @@ def _print_status(st: Status, verbose: bool) -> None:
             click.echo(f"  - {p.nevra}")
 
 
+def _print_requests(requested: tuple[str, ...], inactive: tuple[str, ...]) -> None:
+    """LayeredPackages and InactiveRequests (requests the base image provides), as rpm-ostree names them."""
+    layered = [r for r in requested if r not in inactive]
+    if layered:
+        click.echo(f"{'LayeredPackages':>19}: {' '.join(layered)}")
+    if inactive:
+        click.echo(f"{'InactiveRequests':>19}: {' '.join(inactive)}")
+
+
 def _print_staged(ss: StagedStatus, verbose: bool) -> None:
     state = ("being written" if ss.being_written else
              f"write failed: {ss.staged.error}" if ss.staged.error else
@@ -302,11 +461,12 @@ def _print_staged(ss: StagedStatus, verbose: bool) -> None:
     click.echo(f"  {ss.refspec} (pending, staged: {state})")
     if ss.image_digest:
         click.echo(f"{'Digest':>19}: {ss.image_digest}")
+    if ss.commit is not None and ss.commit.version:
+        click.echo(f"{'Version':>19}: {ss.commit.version}")
     if ss.base_checksum != ss.staged.commit:
         click.echo(f"{'BaseCommit':>19}: {ss.base_checksum}")
     click.echo(f"{'Commit':>19}: {ss.staged.commit}")
-    if ss.staged.requested:
-        click.echo(f"{'LayeredPackages':>19}: {' '.join(ss.staged.requested)}")
+    _print_requests(ss.staged.requested, ss.inactive_requests)
     if verbose and ss.layered:
         click.echo(f"{'Packages':>19}: {' '.join(p.nevra for p in ss.layered)}")
     click.echo("")

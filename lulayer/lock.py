@@ -37,6 +37,11 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def lulayer_holder(sysroot: Sysroot) -> tuple[str, str] | None:
+    """The pid and command line of the lulayer process holding the sysroot lock, if one does."""
+    return _lulayer_holder(sysroot)
+
+
 def lock_holder(sysroot: Sysroot) -> str:
     """Who holds the sysroot lock, as best we can tell."""
     holder = _lulayer_holder(sysroot)

@@ -120,6 +120,31 @@ def read_packages(root: Path, dbpath: PurePosixPath) -> tuple[Package, ...]:
     return tuple(sorted(pkgs))
 
 
+def providers(root: Path, dbpath: PurePosixPath, spec: str) -> tuple[Package, ...]:
+    """The packages of root's rpmdb a request for spec matches: by a capability they provide
+    (their own name is one), a file they own (spec an absolute path) or their full NEVRA, as
+    rpm-ostree matches requests against the base (rpmostree_get_matching_packages). Call it
+    on a copy (see snapshot), as read_packages."""
+    with dbpath_macro(dbpath):
+        ts = rpm.TransactionSet(str(root))
+        ts.setVSFlags(rpm._RPMVSF_NOSIGNATURES | rpm._RPMVSF_NODIGESTS)
+        try:
+            headers = list(ts.dbMatch("basenames" if spec.startswith("/") else "providename", spec))
+            if not headers:
+                headers = [h for h in ts.dbMatch() if _package(h).nevra == spec]
+            found = {_package(h) for h in headers if h[rpm.RPMTAG_NAME] != "gpg-pubkey"}
+        except rpm.error as e:
+            raise LulayerError(f"cannot read the rpmdb of {root} at {dbpath}: {e}") from e
+        finally:
+            ts.closeDB()
+    return tuple(sorted(found))
+
+
+def _package(h: rpm.hdr) -> Package:
+    return Package(h[rpm.RPMTAG_NAME], h[rpm.RPMTAG_EPOCH] or 0, h[rpm.RPMTAG_VERSION], h[rpm.RPMTAG_RELEASE],
+                   h[rpm.RPMTAG_ARCH] or "noarch")
+
+
 @contextmanager
 def snapshot(src_dir: Path, dbpath: PurePosixPath) -> Iterator[Path]:
     """A private root holding a copy of src_dir as its rpmdb at dbpath.

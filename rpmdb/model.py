@@ -45,3 +45,11 @@ class PackageChanges:
     @property
     def empty(self) -> bool:
         return not (self.added or self.removed or self.upgraded)
+
+    def to_json(self) -> dict[str, object]:
+        """The change as full NEVRAs; upgraded as [old, new] pairs."""
+        return {
+            "added": [p.nevra for p in self.added],
+            "removed": [p.nevra for p in self.removed],
+            "upgraded": [[old.nevra, new.nevra] for old, new in self.upgraded],
+        }

@@ -168,8 +168,9 @@ def test_upgrade_live_needs_allow_replacement(sysroot: Path, tmp_path: Path) -> 
     assert tree_entries(live / "usr", ignore_names=RPMDB_RUNTIME_FILES) == before
     assert chroot(live, "upgrademe").stdout.strip() == "upgrademe 1.0"
     (b,) = [d for d in _status_deployments(sysroot) if d["booted"]]
-    assert b["live-inprogress"] is None and b["live-replaced"] is None
-    live_before = b["live-commit"]
+    assert "live-inprogress" not in b
+    assert b["lulayer-live-replaced-files"] is False, "installing upgrademe 1.0 live only added files"
+    live_before = b["live-replaced"]  # rpm-ostree's name for the live commit, files replaced or not
 
     lulayer(sysroot, "upgrade", "--live", "--allow-replacement")
 
@@ -179,9 +180,9 @@ def test_upgrade_live_needs_allow_replacement(sysroot: Path, tmp_path: Path) -> 
     assert rpm(live, "-q", "--qf", "%{VERSION}", "upgrademe").stdout == "2.0"
     assert (pending(sysroot) / "usr/share/upgrademe/new-in-2").is_file()
     (b,) = [d for d in _status_deployments(sysroot) if d["booted"]]
-    assert b["live-commit"] == commit_of(pending(sysroot)) != live_before
-    assert b["live-replaced"] == b["live-commit"], "upgrademe's files were replaced and removed live"
-    assert b["live-inprogress"] is None
+    assert b["live-replaced"] == commit_of(pending(sysroot)) != live_before
+    assert b["lulayer-live-replaced-files"] is True, "upgrademe's files were replaced and removed live"
+    assert "live-inprogress" not in b
     ostree_fsck(sysroot)
 
 
@@ -348,9 +349,7 @@ def test_status_shows_live_state_after_install_live(sysroot: Path) -> None:
     lulayer(sysroot, "install", "htop", "--live")
     text = lulayer(sysroot, "status").stdout
     assert "LiveCommit" in text and "LiveDiff" in text
-    (b,) = [d for d in _status_deployments(sysroot) if d["booted"]]
-    assert b["live-inprogress"] is None
-    # live-replaced names the live commit once files of the booted commit were changed or
-    # removed live; installing htop only added files (the rpmdb does not count).
-    assert b["live-replaced"] is None
-    assert b["live-commit"] == commit_of(pending(sysroot))
+    deps = json.loads(lulayer(sysroot, "status", "--json").stdout)["deployments"]
+    (b,) = [d for d in deps if d["booted"]]
+    assert "live-inprogress" not in b  # unset keys are left out, as rpm-ostree does
+    assert b["live-replaced"] == commit_of(pending(sysroot))

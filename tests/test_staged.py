@@ -8,13 +8,13 @@ written (the writer was killed), failed.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import suppress
 from pathlib import Path
 
 import pytest
@@ -49,6 +49,13 @@ def _status_json(sysroot: Path) -> dict[str, object]:
     return json.loads(lulayer(sysroot, "status", "--json").stdout)  # type: ignore[no-any-return]
 
 
+def _deployments_json(sysroot: Path) -> list[dict[str, object]]:
+    """status --json's deployments, in boot order: a staged one first, as rpm-ostree lists it."""
+    deps = _status_json(sysroot)["deployments"]
+    assert isinstance(deps, list)
+    return deps
+
+
 def _install_live_with_writer_killed(sysroot: Path) -> subprocess.CompletedProcess[str]:
     out = lulayer(sysroot, "install", "htop", "--live", env={FAULT_ENV: "staged-write"})
     # lulayer() waited for the lock: the writer is gone, killed before it wrote anything.
@@ -81,7 +88,7 @@ def stopped_writer(sysroot: Path) -> Iterator[int]:
     try:
         yield pid
     finally:
-        with contextlib.suppress(ProcessLookupError):  # the test continued it, and it is gone
+        with suppress(ProcessLookupError):  # the test continued it, and it is gone
             os.kill(pid, signal.SIGCONT)
         wait_unlocked(sysroot)
 
@@ -96,8 +103,9 @@ def test_install_live_returns_with_htop_live_while_the_deployment_is_being_writt
     text = lulayer(sysroot, "status").stdout
     assert "(pending, staged: being written)" in text, text
     assert "LayeredPackages: htop" in text and "+ htop-3.3.0-1.fc41.x86_64" in text, text
-    staged = _status_json(sysroot)["lulayer-staged"]
-    assert isinstance(staged, dict) and staged["being-written"] and staged["requested-packages"] == ["htop"]
+    staged = _deployments_json(sysroot)[0]
+    assert staged["staged"] and staged["lulayer-being-written"]
+    assert staged["requested-packages"] == ["htop"]
 
     os.kill(stopped_writer, signal.SIGCONT)
     wait_unlocked(sysroot)
@@ -107,7 +115,7 @@ def test_install_live_returns_with_htop_live_while_the_deployment_is_being_writt
     assert commit_of(nxt) == staged["checksum"]
     assert "requested=htop;" in origin_of(nxt)
     assert rpm_names(nxt) == WITH_HTOP
-    assert _status_json(sysroot)["lulayer-staged"] is None
+    assert not any(d["staged"] for d in _deployments_json(sysroot))
     ostree_fsck(sysroot)
 
 
@@ -238,9 +246,9 @@ def test_status_marks_the_deployment_a_staged_one_replaces(sysroot: Path) -> Non
     blocks = text.split("\n\n")
     assert "(pending, staged: not written yet" in blocks[0] and "LayeredPackages" not in blocks[0], text
     assert "(superseded by the staged deployment)" in blocks[1] and "LayeredPackages: htop" in blocks[1], text
-    deps = _status_json(sysroot)["deployments"]
-    assert isinstance(deps, list)
-    assert [d["lulayer-superseded"] for d in deps] == [True, False] and not any(d["pending"] for d in deps), deps
+    deps = _deployments_json(sysroot)
+    assert [d["staged"] for d in deps] == [True, False, False], deps  # the staged one first, as rpm-ostree lists it
+    assert [d["lulayer-superseded"] for d in deps] == [False, True, False], deps
 
     lulayer(sysroot, "finalize")
     assert htop_deployment not in deployments(sysroot)

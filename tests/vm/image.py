@@ -14,8 +14,9 @@ What it makes, cached in ``.cache/vm/image-<hash>/`` (the hash covers this file,
 The tree: debootstrap minbase with systemd, then in a chroot the kernel, dracut
 with ostree's module (a trimmed, non-host-only initramfs), ostree, and what
 lulayer needs (rpm, python3-rpm, python3-dnf, python3-gi, gir1.2-ostree-1.0,
-python3-click). Laid out as rpm-ostree lays out a commit: kernel and initramfs
-in ``/usr/lib/modules/KVER``, ``/etc`` in ``/usr/etc``, ``/var`` empty, an
+python3-click), and ansible-core for the Ansible module's test. Laid out as
+rpm-ostree lays out a commit: kernel and initramfs in ``/usr/lib/modules/KVER``,
+``/etc`` in ``/usr/etc``, ``/var`` empty, an
 rpmdb at ``/usr/share/rpm`` (``/usr/lib/sysimage/rpm`` links to it,
 ``macros.rpm-ostree`` names it) holding ``debian-base``, a package with no
 files that provides what the Debian base has (``/bin/sh``...).
@@ -59,8 +60,9 @@ KARGS = (f"root=LABEL={LABEL}", "rw", "console=ttyS0", "loglevel=4")
 
 # debootstrap --include: the kernel and dracut conflict with initramfs-tools there.
 DEBOOTSTRAP_INCLUDE = ("systemd-sysv", "udev", "python3", "kmod", "iproute2", "mount")
+# ansible-core: tests/vm/test_vm.py runs the lulayer_pkg module in the guest against the booted host.
 CHROOT_PACKAGES = ("dracut", "ostree", "ostree-boot", "rpm", "python3-rpm", "python3-dnf", "python3-gi",
-                   "gir1.2-ostree-1.0", "python3-click")
+                   "gir1.2-ostree-1.0", "python3-click", "ansible-core")
 KERNEL_PACKAGE = "linux-image-amd64"
 DRACUT_MODULES = "systemd systemd-initrd dracut-systemd ostree base rootfs-block fs-lib udev-rules kernel-modules"
 DRACUT_DRIVERS = "virtio_blk virtio_pci virtio_ring virtio ext4 jbd2 mbcache crc16 crc32c_generic crc32c_intel"

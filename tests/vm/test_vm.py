@@ -99,8 +99,8 @@ step json lulayer status --json
     assert "LiveDiff: 2 added" in status, status
     assert "+ htop-3.3.0-1.fc41.x86_64" in status, status
     deps = _deployments(b, "json")
-    assert len(deps) == 2 and deps[0]["pending"] and deps[1]["booted"], deps
-    assert deps[1]["live-commit"] == deps[0]["checksum"], deps
+    assert len(deps) == 2 and deps[0]["lulayer-pending"] and deps[1]["booted"], deps
+    assert deps[1]["live-replaced"] == deps[0]["checksum"], deps
 
 
 UNIT_SCRIPT = """
@@ -200,7 +200,7 @@ def test_upgrade_live_changes_the_type_of_paths_on_the_booted_host(unit_and_type
     b.ok("tc-settle")
     deps = _deployments(b, "tc-json")
     booted = next(d for d in deps if d["booted"])
-    assert booted["live-inprogress"] is None and booted["live-commit"] == deps[0]["checksum"], deps
+    assert "live-inprogress" not in booted and booted["live-replaced"] == deps[0]["checksum"], deps
     assert "differing: []" in b.ok("tc-compare")
     assert b.ok("tc-temp").strip() == ""
     assert "Read-only file system" in b.failed("tc-ro")
@@ -241,7 +241,7 @@ step json lulayer status --json
 """)
     base = _booted(b1, "base")
     pending = _deployments(b1, "json")[0]
-    assert pending["pending"] and pending["requested-packages"] == ["hello-service", "htop"], pending
+    assert pending["lulayer-pending"] and pending["requested-packages"] == ["hello-service", "htop"], pending
 
     b2 = vm.boot("""
 step json lulayer status --json
@@ -259,7 +259,7 @@ step after lulayer status --json
     # The second boot read the loader entries lulayer's deploy wrote, not the first boot's.
     assert b1.entry is not None and b2.entry is not None and b2.entry.options != b1.entry.options
     assert booted["requested-packages"] == ["hello-service", "htop"]
-    assert booted["live-commit"] is None and booted["live-inprogress"] is None, booted
+    assert "live-replaced" not in booted and "live-inprogress" not in booted, booted
     status = b2.ok("status")
     assert "LiveCommit" not in status and "Pending diff" not in status and "(pending)" not in status, status
     assert "htop 3.3.0" in b2.ok("htop")
@@ -301,7 +301,7 @@ step json lulayer status --json
     assert "InterruptedLiveCommit" not in b.ok("status")
     deps = _deployments(b, "json")
     booted = next(d for d in deps if d["booted"])
-    assert booted["live-inprogress"] is None and booted["live-commit"] == deps[0]["checksum"], deps
+    assert "live-inprogress" not in booted and booted["live-replaced"] == deps[0]["checksum"], deps
 
 
 def test_staged_deployment_left_by_a_killed_writer_is_written_at_shutdown(vm: VM) -> None:
@@ -316,9 +316,10 @@ step json lulayer status --json
     assert "htop 3.3.0" in b1.ok("htop")
     assert b1.ok("hook").strip() == "active"
     assert "staged: not written yet" in b1.ok("status"), b1.ok("status")
-    staged = json.loads(b1.ok("json"))["lulayer-staged"]
-    assert staged["requested-packages"] == ["htop"] and not staged["being-written"], staged
-    assert len(_deployments(b1, "json")) == 1  # nothing deployed before the shutdown hook ran
+    staged = _deployments(b1, "json")[0]
+    assert staged["staged"] and staged["requested-packages"] == ["htop"], staged
+    assert not staged["lulayer-being-written"], staged
+    assert len(_deployments(b1, "json")) == 2  # the staged one, not yet deployed, and the booted one
     b2 = vm.boot("""
 step json lulayer status --json
 step htop htop --version
@@ -326,4 +327,49 @@ step htop htop --version
     booted = _booted(b2, "json")
     assert booted["checksum"] == staged["checksum"] and booted["requested-packages"] == ["htop"], booted
     assert "htop 3.3.0" in b2.ok("htop")
-    assert json.loads(b2.ok("json"))["lulayer-staged"] is None
+    assert not any(d["staged"] for d in _deployments(b2, "json"))
+
+
+def test_ansible_module_layers_htop_live_on_the_booted_host(vm: VM) -> None:
+    """lulayer.lulayer.lulayer_pkg from the checkout, run by the guest's own ansible-core (Debian's)
+    against the running host: no --sysroot, the real /sysroot and a live /usr."""
+    b = vm.boot("""
+export ANSIBLE_COLLECTIONS_PATH=/run/lulayer-vm/project/ansible ANSIBLE_NOCOLOR=1
+cat > /tmp/play.yml <<'PLAY'
+- hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: htop, now and for the next boot
+      lulayer.lulayer.lulayer_pkg:
+        name: htop
+        apply_live: true
+      register: first
+    - name: the same again
+      lulayer.lulayer.lulayer_pkg:
+        name: htop
+        apply_live: true
+      register: again
+    - name: write the results out
+      ansible.builtin.copy:
+        content: "{{ {'first': first, 'again': again} | to_json }}"
+        dest: /tmp/results.json
+PLAY
+step version ansible-playbook --version
+step play ansible-playbook -i localhost, -c local /tmp/play.yml
+step results cat /tmp/results.json
+step htop htop --version
+step settle lulayer finalize
+step json lulayer status --json
+""")
+    assert "core 2." in b.ok("version"), b.ok("version")
+    b.ok("play")
+    results = json.loads(b.ok("results"))
+    first, again = results["first"], results["again"]
+    assert first["changed"] is True and first["needs_reboot"] is False, first
+    assert "htop-3.3.0-1.fc41.x86_64" in first["changes"]["added"], first
+    assert again["changed"] is False and again["needs_reboot"] is False, again
+    assert "htop 3.3.0" in b.ok("htop")
+    deps = _deployments(b, "json")
+    assert deps[0]["requested-packages"] == ["htop"] and not deps[0]["booted"], deps
+    booted = next(d for d in deps if d["booted"])
+    assert booted["live-replaced"] == deps[0]["checksum"], booted
