@@ -31,6 +31,9 @@ from tests.invariants import assert_live_is, backing_dir, live_state, objects_co
 
 pytestmark = pytest.mark.root
 
+# The live apply's error when the upper layer fills: the path and the errno, then the hint.
+FULL = "failed: [Errno 28] No space left on device; free space, then run `lulayer apply-live`"
+
 MANYFILE = "usr/share/manyfiles/d00/f000"
 
 
@@ -53,7 +56,7 @@ def test_upper_layer_full_mid_apply_is_a_clear_error_and_recovers(sysroot: Path,
     failed = lulayer(sysroot, "install", "manyfiles", "--live", check=False)
 
     target = commit_of(pending(sysroot))
-    one_error_line(failed, f"the live update to {target[:12]} stopped: No space left on device",
+    one_error_line(failed, f"the live update to {target[:12]} stopped: writing ", FULL,
                    "run `lulayer apply-live` to finish it")
     assert (pending(sysroot) / MANYFILE).is_file(), "the next boot's deployment is complete"
     st = live_state(sysroot)
@@ -75,7 +78,7 @@ def test_upper_layer_full_then_reset_returns_to_booted(sysroot: Path, tmp_path: 
     live = booted(sysroot)
     mount_tmpfs(backing_dir(sysroot), "1m")
     failed = lulayer(sysroot, "install", "manyfiles", "--live", check=False)
-    one_error_line(failed, f"the live update to {commit_of(pending(sysroot))[:12]} stopped: No space left on device")
+    one_error_line(failed, f"the live update to {commit_of(pending(sysroot))[:12]} stopped: writing ", FULL)
 
     lulayer(sysroot, "apply-live", "--reset")
 
@@ -98,7 +101,7 @@ def test_upper_layer_filled_by_ballast_recovers_with_next_command(sysroot: Path,
     failed = lulayer(sysroot, "install", "manyfiles", "--live", check=False)
 
     target = commit_of(pending(sysroot))
-    one_error_line(failed, f"the live update to {target[:12]} stopped: No space left on device")
+    one_error_line(failed, f"the live update to {target[:12]} stopped: writing ", FULL)
     assert rpm_names(live) == WITH_HTOP
     ballast.unlink()
     out = lulayer(sysroot, "install", "hello-config")  # any mutating command finishes it

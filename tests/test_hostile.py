@@ -260,7 +260,7 @@ def test_origin_without_refspec_is_refused(sysroot: Path) -> None:
     before = Untouched.of(sysroot)
 
     one_error_line(lulayer(sysroot, "install", "hello-config", check=False),
-                   "the deployment's .origin has no [origin] refspec or baserefspec")
+                   "the deployment's .origin has none of [origin] refspec, baserefspec, container-image-reference")
 
     assert Untouched.of(sysroot) == before
 
