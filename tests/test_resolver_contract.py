@@ -28,6 +28,7 @@ from lulayer.layering.resolver import (
     available_backends,
     make_resolver,
 )
+from lulayer.progress import ProgressReport
 from lulayer.rpmdb.db import snapshot, tree_dbpath
 
 pytestmark = pytest.mark.root
@@ -128,13 +129,16 @@ def test_download_reports_progress_to_the_end_of_each_package(resolver: Resolver
                                                               base_root: tuple[Path, PurePosixPath],
                                                               served_repo: str, tmp_path: Path) -> None:
     resolution = resolver.resolve(request_for(base_root, served_repo, tmp_path / "cache", "htop"))
-    calls: list[tuple[str, int, int]] = []
-    paths = resolver.download(resolution, lambda label, done, total: calls.append((label, done, total)))
+    reports: list[ProgressReport] = []
+    paths = resolver.download(resolution, reports.append)
     for r, path in zip(resolution.install, paths, strict=True):
-        size = Path(path).stat().st_size
         assert r.checksum == f"sha256:{sha256(Path(path))}"
-        ends = [(done, total) for label, done, total in calls if r.package.name in label and done == total]
-        assert ends and ends[-1] == (size, size), calls
+        assert any(r.package.name in report.item for report in reports), reports
+    sizes = sum(Path(path).stat().st_size for path in paths)
+    last = reports[-1]
+    assert (last.done, last.total) == (len(paths), len(paths)), reports
+    assert last.done_bytes == sizes, reports
+    assert [rep.done_bytes for rep in reports] == sorted(rep.done_bytes for rep in reports), "bytes never go back"
 
 
 def test_unknown_name_raises_resolve_error(resolver: Resolver, base_root: tuple[Path, PurePosixPath],
