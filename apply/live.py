@@ -726,6 +726,7 @@ def apply_live(sysroot: Sysroot, target: str, *, allow_replacement: bool = False
 def finish_interrupted(sysroot: Sysroot, say: Callable[[str], None]) -> LiveResult | None:
     """Finish a live update a killed run left in progress, to the same target."""
     booted = sysroot.booted()
+    live_state.drop_stale_temps(sysroot, booted)
     st = live_state.read_state(sysroot, booted)
     if st.inprogress is None:
         live_state.drop_stale_refs(sysroot, booted)

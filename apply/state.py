@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from gi.repository import GLib, OSTree
 
 from lulayer.errors import LiveApplyError
-from lulayer.fsutil import fsync_dir, opened_dir, write_file_atomic
+from lulayer.fsutil import fsync_dir, opened_dir, remove_stale_temps, write_record
 from lulayer.sysroot import Deployment, Sysroot
 
 STATE_FILE = "lulayer-live.json"
@@ -72,8 +72,8 @@ def write_state(sysroot: Sysroot, booted: Deployment, state: LiveState) -> None:
     d.mkdir(parents=True, exist_ok=True)
     with opened_dir(d) as fd:
         if not os.path.exists(d / STAMP):
-            write_file_atomic(fd, STAMP, b"")
-        write_file_atomic(fd, STATE_FILE, (json.dumps(state.to_json()) + "\n").encode())
+            write_record(fd, STAMP, b"")
+        write_record(fd, STATE_FILE, (json.dumps(state.to_json()) + "\n").encode())
     fsync_dir(d.parent)
     _set_ref(sysroot.repo, REF_INPROGRESS, state.inprogress)
     _set_ref(sysroot.repo, REF_LIVE, state.commit if state.commit != state.booted else None)
@@ -86,6 +86,15 @@ def clear_state(sysroot: Sysroot, booted: Deployment) -> None:
             os.unlink(d / name)
     _set_ref(sysroot.repo, REF_INPROGRESS, None)
     _set_ref(sysroot.repo, REF_LIVE, None)
+
+
+def drop_stale_temps(sysroot: Sysroot, booted: Deployment) -> None:
+    """What a write of the state killed half-way left (the caller holds the lock)."""
+    d = sysroot.deployment_state_dir(booted)
+    if d.is_dir():
+        with opened_dir(d) as fd:
+            for name in (STATE_FILE, STAMP):
+                remove_stale_temps(fd, name)
 
 
 def drop_stale_refs(sysroot: Sysroot, booted: Deployment) -> None:

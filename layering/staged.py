@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, replace
 
 from lulayer.errors import CommandError, LulayerError, SysrootError
 from lulayer.faults import fault
-from lulayer.fsutil import opened_dir, suppress_errno, write_file_atomic
+from lulayer.fsutil import opened_dir, remove_stale_temps, suppress_errno, write_record
 from lulayer.run import fork_child, run
 from lulayer.sysroot import Deployment, Origin, Sysroot
 
@@ -62,7 +62,7 @@ def write(sysroot: Sysroot, staged: StagedDeployment) -> None:
     record = sysroot.staged_record
     record.parent.mkdir(parents=True, exist_ok=True)
     with opened_dir(record.parent) as fd:
-        write_file_atomic(fd, record.name, json.dumps(asdict(staged), indent=1).encode() + b"\n")
+        write_record(fd, record.name, json.dumps(asdict(staged), indent=1).encode() + b"\n")
 
 
 def clear(sysroot: Sysroot) -> None:
@@ -76,6 +76,10 @@ def finalize(sysroot: Sysroot) -> Deployment | None:
     """Write the staged deployment, if one is recorded (the caller holds the lock)."""
     from lulayer.layering.deploy import deploy
 
+    record = sysroot.staged_record
+    if record.parent.is_dir():  # what a write of the record killed half-way left
+        with opened_dir(record.parent) as fd:
+            remove_stale_temps(fd, record.name)
     staged = read(sysroot)
     if staged is None:
         return None

@@ -123,6 +123,25 @@ def write_file_atomic(
         os.fsync(dirfd)
 
 
+def remove_stale_temps(dirfd: int, name: str) -> None:
+    """Remove the temp files a killed write_file_atomic of name left beside it. Only for a
+    record that one writer at a time writes (under the sysroot lock): another writer's temp
+    file, in flight, would go too."""
+    _check_name(name)
+    prefix = f".{name[:200]}."
+    for entry in os.listdir(dirfd):
+        if entry.startswith(prefix) and len(entry) == len(prefix) + 16 and TEMP_NAME_RE.match(entry):
+            with suppress_errno(errno.ENOENT):
+                os.unlink(entry, dir_fd=dirfd)
+
+
+def write_record(dirfd: int, name: str, data: bytes, *, sync_dir: bool = True) -> None:
+    """write_file_atomic for a record written under the sysroot lock, first removing what a
+    killed earlier write of it left."""
+    remove_stale_temps(dirfd, name)
+    write_file_atomic(dirfd, name, data, sync_dir=sync_dir)
+
+
 def remove_tree_at(dirfd: int, name: str) -> None:
     """rm -rf dirfd/name without following symlinks; a missing name is not an error."""
     _check_name(name)

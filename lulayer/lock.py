@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 
-from lulayer.fsutil import opened_dir, write_file_atomic
+from lulayer.fsutil import opened_dir, write_record
 from lulayer.sysroot import Sysroot
 
 
@@ -60,7 +60,7 @@ def _write_owner(sysroot: Sysroot, what: str) -> None:
     owner = sysroot.lock_owner
     owner.parent.mkdir(parents=True, exist_ok=True)
     with opened_dir(owner.parent) as fd:
-        write_file_atomic(fd, owner.name, f"{os.getpid()} {what}\n".encode(), sync_dir=False)
+        write_record(fd, owner.name, f"{os.getpid()} {what}\n".encode(), sync_dir=False)
 
 
 def _clear_owner(sysroot: Sysroot) -> None:

@@ -122,3 +122,14 @@ def test_fsync_dir_accepts_fd_and_path(tmp_path: Path) -> None:
         fsutil.fsync_dir(d)
     with pytest.raises(NotADirectoryError):
         fsutil.open_dir(Path(__file__))
+
+
+def test_write_record_removes_what_a_killed_write_of_it_left_and_nothing_else(tmp_path: Path) -> None:
+    left = fsutil.temp_name("staged.json")  # a write killed between creating and renaming
+    other = fsutil.temp_name("other.json")
+    for name in (left, other, "staged.json.bak"):
+        (tmp_path / name).write_text("x")
+    with fsutil.opened_dir(tmp_path) as d:
+        fsutil.write_record(d, "staged.json", b"{}\n")
+    assert sorted(os.listdir(tmp_path)) == sorted([other, "staged.json", "staged.json.bak"])
+    assert (tmp_path / "staged.json").read_text() == "{}\n"
