@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # the core is imported when a command runs, not for --help
     from lulayer.layering.layer import LayerResult
     from lulayer.layering.status import LiveStatus, StagedStatus, Status
     from lulayer.layering.transaction import LayerOutcome, Recovery, Transaction
+    from lulayer.rpmdb.model import PackageChanges
 
 # rpm-ostree's exit code for "nothing changed" (--unchanged-exit-77, upgrade --check) and for
 # "a deployment is pending" (status --pending-exit-77): src/app/rpmostree-builtin-types.h,
@@ -433,10 +434,7 @@ def _print_status(st: Status, verbose: bool, booted_only: bool = False) -> None:
         click.echo("")
     if st.pending_diff is not None and not st.pending_diff.empty and not booted_only:
         diff = st.pending_diff
-        parts = [f"{len(diff.added)} added" if diff.added else "",
-                 f"{len(diff.upgraded)} upgraded" if diff.upgraded else "",
-                 f"{len(diff.removed)} removed" if diff.removed else ""]
-        click.echo("Pending diff: " + ", ".join(p for p in parts if p))
+        click.echo("Pending diff: " + _counts(diff))
         for p in diff.added:
             click.echo(f"  + {p.nevra}")
         for old, new in diff.upgraded:
@@ -472,16 +470,19 @@ def _print_staged(ss: StagedStatus, verbose: bool) -> None:
     click.echo("")
 
 
+def _counts(diff: PackageChanges) -> str:
+    """`2 added, 1 upgraded`: the counts of a package change that are not zero."""
+    parts = [(len(diff.added), "added"), (len(diff.upgraded), "upgraded"), (len(diff.removed), "removed")]
+    return ", ".join(f"{n} {what}" for n, what in parts if n)
+
+
 def _print_live_status(live: LiveStatus) -> None:
     if live.inprogress:
         click.secho(f"{'InterruptedLiveCommit':>19}: {live.inprogress}", fg="red", bold=True)
         click.secho(f"{'':>19}  run `lulayer apply-live` to finish it or `lulayer apply-live --reset`", fg="red")
     click.echo(f"{'LiveCommit':>19}: {live.commit}")
     diff = live.diff
-    parts = [f"{len(diff.added)} added" if diff.added else "",
-             f"{len(diff.upgraded)} upgraded" if diff.upgraded else "",
-             f"{len(diff.removed)} removed" if diff.removed else ""]
-    click.echo(f"{'LiveDiff':>19}: " + (", ".join(p for p in parts if p) or "none"))
+    click.echo(f"{'LiveDiff':>19}: " + (_counts(diff) or "none"))
     if live.replaced:
         click.echo(f"{'LiveReplaced':>19}: files were replaced or removed live")
 
