@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from lulayer import __version__
-from lulayer.errors import LulayerError
+from lulayer import __version__, signals
+from lulayer.errors import Interrupted, LulayerError
 from lulayer.progress import ProgressReport
 
 if TYPE_CHECKING:  # the core is imported when a command runs, not for --help
@@ -40,7 +40,10 @@ class Context:
 
 
 def _die(e: LulayerError) -> NoReturn:
-    line = f"error: {e.message}" + (f"; {e.hint}" if e.hint else "")
+    if isinstance(e, Interrupted):
+        line = f"interrupted: {e.message}"
+    else:
+        line = f"error: {e.message}" + (f"; {e.hint}" if e.hint else "")
     click.echo(line, err=True)
     sys.exit(e.exit_code)
 
@@ -117,8 +120,16 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except LulayerError as e:
-            if ctx.obj is not None and ctx.obj.debug:
+        except (SystemExit, click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as e:
+            # After INT, TERM or HUP any failure is the signal's doing (a helper it killed,
+            # a call it cut short): report the signal, as the state it left.
+            stop = signals.interrupted()
+            debug = ctx.obj is not None and ctx.obj.debug
+            if stop is not None and not debug:
+                _die(stop if not isinstance(e, Interrupted) else e)
+            if not isinstance(e, LulayerError) or debug:
                 raise
             _die(e)
 
@@ -488,4 +499,5 @@ def _print_live_status(live: LiveStatus) -> None:
 
 
 def main() -> None:
+    signals.install()  # before anything: a signal is recorded, and the command stops at a safe point
     cli(prog_name="lulayer")

@@ -47,3 +47,16 @@ class LockBusyError(LulayerError):
 
 class CommandError(LulayerError):
     """An external command failed."""
+
+
+class Interrupted(LulayerError):
+    """SIGINT, SIGTERM or SIGHUP stopped the command at a safe point (lulayer/signals.py); the
+    message says what state things are in. The exit code is 128+N, as a shell reports a signal."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+    def __reduce__(self) -> tuple[type[Interrupted], tuple[int, str]]:  # type: ignore[override]
+        return type(self), (self.signum, self.message)
