@@ -22,6 +22,7 @@ import resource
 import signal
 from dataclasses import asdict, dataclass, replace
 
+from lulayer import signals
 from lulayer.errors import CommandError, LulayerError, SysrootError
 from lulayer.faults import fault
 from lulayer.fsutil import opened_dir, remove_stale_temps, suppress_errno, write_record
@@ -141,6 +142,7 @@ def write_detached(sysroot: Sysroot) -> None:
     def child() -> None:
         from lulayer.lock import inherited_lock
 
+        signals.ignore_terminal()
         os.setsid()
         os.chdir("/")  # hold no mount busy
         with inherited_lock(sysroot, WRITER):

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 
+from lulayer import signals
 from lulayer.fsutil import opened_dir, write_record
 from lulayer.sysroot import Sysroot
+
+LOCK_POLL = 0.05  # seconds between tries while another process holds the lock
 
 
 def _lulayer_holder(sysroot: Sysroot) -> tuple[str, str] | None:
@@ -70,12 +74,15 @@ def _clear_owner(sysroot: Sysroot) -> None:
 
 @contextmanager
 def sysroot_lock(sysroot: Sysroot, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
-    """Hold the sysroot lock for the block; wait for it, saying who holds it."""
+    """Hold the sysroot lock for the block; wait for it, saying who holds it. The wait
+    polls, so that Ctrl-C stops it (libostree's blocking wait retries through signals)."""
     acquired = sysroot.ostree.try_lock()[1]
-    if not acquired:
-        if on_wait:
-            on_wait(f"waiting for the sysroot lock, held by {lock_holder(sysroot)}")
-        sysroot.ostree.lock()
+    if not acquired and on_wait:
+        on_wait(f"waiting for the sysroot lock, held by {lock_holder(sysroot)}")
+    while not acquired:
+        signals.checkpoint()
+        time.sleep(LOCK_POLL)
+        acquired = sysroot.ostree.try_lock()[1]
     try:
         _write_owner(sysroot, " ".join(sys.argv))
         # Another process may have changed the deployments while we waited.

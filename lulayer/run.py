@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
@@ -14,7 +15,7 @@ import traceback
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from lulayer import linux
+from lulayer import linux, signals
 from lulayer.errors import CommandError, LulayerError
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,10 @@ def run_in_child(name: str, work: Callable[[], None], *, new_mount_namespace: bo
     """Run work in a forked child and wait for it, as if it ran here: what it raises is
     raised here (a LulayerError as it is, anything else as ChildFailed with its traceback).
 
-    The child is named name (/proc/PID/comm) and dies with us (PR_SET_PDEATHSIG); with
+    The child is named name (/proc/PID/comm) and dies with us (PR_SET_PDEATHSIG). It leads a
+    process group of its own, so a Ctrl-C on the terminal reaches us alone: on INT, TERM or
+    HUP we kill the group (its scriptlets too) and wait for it before raising Interrupted,
+    so nothing writes into what the caller then removes. With
     new_mount_namespace it has a private mount namespace of its own, so its mounts vanish
     with it, even when it is killed. A fork, not a new interpreter: the child has every
     module already imported. Its output (scriptlets') goes to a temporary file.
@@ -111,6 +115,8 @@ def run_in_child(name: str, work: Callable[[], None], *, new_mount_namespace: bo
     from lulayer.mounts import unshare_mount_namespace
 
     def child() -> None:
+        os.setpgid(0, 0)
+        signals.restore_defaults()
         linux.set_pdeathsig(signal.SIGKILL)
         linux.set_name(name)
         if new_mount_namespace:
@@ -123,9 +129,12 @@ def run_in_child(name: str, work: Callable[[], None], *, new_mount_namespace: bo
             pid = fork_child(child, log.fileno(), report=write_end)
         finally:
             os.close(write_end)
-        with os.fdopen(read_end, "rb") as reports:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.setpgid(pid, pid)  # the child does it too: whichever runs first
+        with signals.child_group(pid), os.fdopen(read_end, "rb") as reports:
             reported = reports.read()
-        _, status = os.waitpid(pid, 0)
+            _, status = os.waitpid(pid, 0)
+    signals.checkpoint()  # killed for a signal: that is what to report, not its death
     if reported:
         raise pickle.loads(reported)
     if status != 0:
