@@ -73,6 +73,7 @@ from lulayer.progress import Progress, ProgressReport
 from lulayer.rpmdb.db import commit_packages, tree_dbpath
 from lulayer.rpmdb.model import PackageChanges
 from lulayer.run import run
+from lulayer.signals import Stage, checkpoint, critical, reached
 from lulayer.sysroot import Deployment, Sysroot
 
 STEPS = ("marked", "overlay", "files-half", "files", "rpmdb-new", "exchanged", "removed", "etc")
@@ -415,9 +416,16 @@ class _Applier:
             os.rmdir(tmp, dir_fd=parent)
 
 
+def _step(name: str) -> None:
+    """The end of a step: its fault point (tests/test_kills.py), and a safe point to stop at."""
+    fault(name)
+    checkpoint()
+
+
 def _fault(step: str, path: str) -> None:
     fault(step)
     fault(f"{step}:{path}")
+    checkpoint()
 
 
 def _commit_dir_files(sysroot: Sysroot, commit: str, path: PurePosixPath) -> list[FileEntry]:
@@ -540,12 +548,12 @@ def _exchange_rpmdb(sysroot: Sysroot, applier: _Applier, target: str, dbpath: Pu
             os.fsync(fd)
         finally:
             os.close(fd)
-    fault("rpmdb-new")
+    _step("rpmdb-new")
     applier.tree.forget(_rel(str(dbpath), applier.prefix))
-    with _doing(f"exchanging {db_new} with {db}"):
+    with critical(), _doing(f"exchanging {db_new} with {db}"):
         renameat2(parent, new, parent, name, RENAME_EXCHANGE)
         os.fsync(parent)
-    fault("exchanged")
+    _step("exchanged")
     with _doing(f"removing the old rpmdb ({db_new})"):
         remove_tree_at(parent, new)
         os.fsync(parent)
@@ -605,12 +613,14 @@ def reset(sysroot: Sysroot) -> LiveResult:
         # Once the overlay is gone the state must not claim it: killed from here on, the
         # next command finishes the reset (finish_interrupted), never diffs from a live
         # commit the pristine /usr no longer holds.
-        live_state.write_state(sysroot, booted, live_state.begin(st, booted.checksum))
-    fault("reset-marked")
+        reached(Stage.RESET)
+        with critical():
+            live_state.write_state(sysroot, booted, live_state.begin(st, booted.checksum))
+    _step("reset-marked")
     if ours:
         # Lazily: processes running from the live /usr keep their files.
         unmount(usr, lazy=True)
-    fault("reset-unmounted")
+    _step("reset-unmounted")
     _drop_backing(sysroot.backing_dir(booted))
     live_state.clear_state(sysroot, booted)
     return LiveResult(source=source, target=booted.checksum, changes=changes, resumed=st.inprogress is not None)
@@ -630,31 +640,34 @@ def _apply_usr(sysroot: Sysroot, applier: _Applier, files: TreeDiff, target: str
     entries = (*rest.added_files, *rest.changed_files)
     written = 0
     for i, f in enumerate(entries):
+        checkpoint()
         written += applier.write_file(f)
         if progress:
             progress(ProgressReport("Applying live", i + 1, len(entries), written, 0, f.path))
         if i == len(entries) // 2:
-            fault("files-half")
+            _step("files-half")
     for d in rest.changed_dirs:
         applier.set_dir_meta(d)
     built = [applier.build(r) for r in replaced]
     with _doing("syncing the file systems"):
         os.sync()
-    fault("files")
+    _step("files")
     for r, tmp in zip(replaced, built, strict=True):
         applier.swap_in(r, tmp)
     rpmdb = "unchanged"
     if rpmdb_changed:
         rpmdb = _exchange_rpmdb(sysroot, applier, target, dbpath, exchange_ok)
     for path in rest.removed_files:
+        checkpoint()
         applier.remove_file(path)
     for path in rest.removed_dirs:
+        checkpoint()
         applier.remove_dir(path)
     for r, tmp in zip(replaced, built, strict=True):
         applier.remove_swapped_out(r, tmp)
     with _doing("syncing the file systems"):
         os.sync()
-    fault("removed")
+    _step("removed")
     return rpmdb
 
 
@@ -696,10 +709,12 @@ def apply_live(sysroot: Sysroot, target: str, *, allow_replacement: bool = False
         check_live_change(files, changes, _running_kernels(root, sysroot.folder), type_changes,
                           allow_replacement=allow_replacement, allow_removal=allow_removal)
     try:
-        live_state.write_state(sysroot, booted, live_state.begin(st, target))
-        fault("marked")
+        reached(Stage.LIVE)
+        with critical():
+            live_state.write_state(sysroot, booted, live_state.begin(st, target))
+        _step("marked")
         with writable_usr(sysroot, booted) as (usr, exchange_ok):
-            fault("overlay")
+            _step("overlay")
             tree = _Tree(usr)
             try:
                 applier = _Applier(sysroot, tree, "/usr")
@@ -708,13 +723,14 @@ def apply_live(sysroot: Sysroot, target: str, *, allow_replacement: bool = False
             finally:
                 tree.close()
         etc_added = _add_etc(sysroot, root, applier, diff)
-        fault("etc")
+        _step("etc")
     except (OSError, _Failed) as e:
         # The update stays "in progress" and is finished by the next command once the cause
         # is gone; every step so far is safe to redo.
         raise _stopped(target, e) from e
     replaced = bool(files.changed_files or files.removed_files)
     live_state.write_state(sysroot, booted, live_state.finish(st, target, replaced))
+    reached(Stage.LIVE_DONE)
     notes = () if exchange_ok or not rpmdb_changed else (f"rpmdb {rpmdb}",)
     return LiveResult(
         source=source, target=target, changes=changes,

@@ -34,6 +34,7 @@ gi.require_version("OSTree", "1.0")
 from gi.repository import Gio, GLib, OSTree  # noqa: E402
 
 from lulayer.errors import ComposeError, LulayerError  # noqa: E402
+from lulayer.faults import fault  # noqa: E402
 from lulayer.fsutil import opened_dir, remove_path, remove_tree_at  # noqa: E402
 from lulayer.linux import MS_BIND  # noqa: E402
 from lulayer.mounts import mount, mount_overlay  # noqa: E402
@@ -153,6 +154,8 @@ def _apply_removals(mtree: OSTree.MutableTree, upper: Path, top_level: bool) -> 
 
 def _modifier(repo: OSTree.Repo, req: ComposeRequest, upper: Path, skip_top: bool) -> OSTree.RepoCommitModifier:
     def commit_filter(_repo: OSTree.Repo, path: str, info: Gio.FileInfo) -> OSTree.RepoCommitFilterResult:
+        # Called from C: nothing may raise here (a signal is only recorded, signals.py).
+        fault("commit-filter")
         p = PurePosixPath(path)
         if skip_top and len(p.parts) >= 2 and p.parts[1] in _SKIPPED_TOP:
             return OSTree.RepoCommitFilterResult.SKIP

@@ -17,6 +17,7 @@ from pathlib import Path, PurePosixPath
 
 from gi.repository import GLib, OSTree
 
+from lulayer import signals
 from lulayer.errors import LulayerError, ResolveError
 from lulayer.fsutil import remove_path
 from lulayer.layering import compose as composer
@@ -336,6 +337,7 @@ class Layering:
             if dry_run:
                 return result(changes, dry_run=True)
             rpms = self.resolver.download(resolution, self.progress) if resolution is not None else ()
+        signals.checkpoint()
         origin = merge.origin.with_requested(req_sorted)
         done = partial(replace, previous=merge.origin.requested, inactive=tuple(sorted(provided)), notes=notes)
         if resolution is None:  # nothing to compose: the base image itself, or the merge commit again
@@ -348,6 +350,7 @@ class Layering:
             packages=tuple(r.package for r in resolution.install), requested=active,
             repos=composer.repo_stamps(sysroot.cache_dir, [r.id for r in resolution.repos]),
         ))
+        signals.checkpoint()  # the new commit has no ref yet: a later prune removes it
         return done(self._deploy(commit, origin, merge, changes, req_sorted, stage))
 
     def _deploy(self, commit: str, origin: Origin, merge: Deployment, changes: PackageChanges,
@@ -355,7 +358,10 @@ class Layering:
         """Deploy commit for the next boot, or with stage, record it to be deployed (staged.py)."""
         if stage:
             staged = StagedDeployment.of(commit, origin, merge)
-            write_staged(self.sysroot, staged)
+            signals.reached(signals.Stage.STAGED)
+            with signals.critical():
+                write_staged(self.sysroot, staged)
             return LayerResult(changes, requested, commit=commit, staged=staged)
         dep = deploy(self.sysroot, commit, origin, merge)
+        signals.reached(signals.Stage.DEPLOYED)
         return LayerResult(changes, requested, deployment=dep, commit=commit)

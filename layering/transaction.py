@@ -24,6 +24,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
+from lulayer import signals
 from lulayer.apply import live
 from lulayer.apply import state as live_state
 from lulayer.apply.live import LiveResult
@@ -35,6 +36,7 @@ from lulayer.layering.status import Status, read_status
 from lulayer.lock import sysroot_lock
 from lulayer.progress import ProgressReport
 from lulayer.run import run
+from lulayer.signals import Stage
 from lulayer.sysroot import Deployment, Sysroot, require_root
 
 
@@ -158,7 +160,9 @@ class Transaction:
             try:
                 yield tx
             except BaseException:
-                if tx._detach:  # the caller failed before the writer was started: write it now
+                # The caller failed before the writer was started: write it now. Not after a
+                # signal: the command stops as a SIGKILL would, and the next one writes it.
+                if tx._detach and signals.received() is None:
                     with suppress(LulayerError):
                         staged.finalize(sysroot)
                 raise
@@ -173,6 +177,8 @@ class Transaction:
         )
         if not recovery.empty:
             self.reporter.recovered(recovery)
+        signals.reached(Stage.UNCHANGED)  # what this command itself changed: nothing yet
+        signals.checkpoint()
 
     # --- layering ----------------------------------------------------------------------
 
@@ -214,6 +220,7 @@ class Transaction:
         self._recover()
         # With live, the next boot's deployment is staged: written after the live update.
         result = operation(Layering(self.sysroot, progress=self.reporter.progress))
+        signals.checkpoint()
         if result.dry_run:
             return LayerOutcome(result, None, NextBoot.UNCHANGED)
         if not live:
@@ -225,11 +232,14 @@ class Transaction:
         except BaseException:
             # A refused or failed live apply still leaves the next boot's deployment. Should
             # that fail too, it is recorded (status shows it): the live error is the one to report.
-            with suppress(LulayerError):
-                staged.finalize(self.sysroot)
+            # After a signal the command stops as a SIGKILL would: the next command writes it.
+            if signals.received() is None:
+                with suppress(LulayerError):
+                    staged.finalize(self.sysroot)
             raise
         if result.staged is None:
             return LayerOutcome(result, live_result, NextBoot.UNCHANGED)
+        signals.reached(Stage.LIVE_DONE_STAGED)
         return LayerOutcome(result, live_result, self._hand_off_staged())
 
     def _hand_off_staged(self) -> NextBoot:
