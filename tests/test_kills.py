@@ -16,6 +16,7 @@ import random
 import signal
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,8 +63,12 @@ class KillStats:
     outcomes: Counter[str] = field(default_factory=Counter)
 
 
-def random_kills(sysroot: Path, scratch: Path, iterations: int, seed: int, *, reboot_every: int = 0) -> KillStats:
-    """Run live operations under SIGKILL at random moments; recover and check after each."""
+def random_kills(sysroot: Path, scratch: Path, iterations: int, seed: int, *, reboot_every: int = 0,
+                 signals: Sequence[signal.Signals] = (signal.SIGKILL,)) -> KillStats:
+    """Run live operations under a signal (one of signals, picked at random) at random moments;
+    recover and check after each. SIGKILL kills; INT, TERM and HUP (sent to the process group,
+    as a terminal or systemd sends them) must stop the command with one `interrupted:` line and
+    exit 128+N, or let it finish."""
     rng = random.Random(seed)
     checker = Checker(sysroot, scratch)
     stats = KillStats()
@@ -102,12 +107,18 @@ def random_kills(sysroot: Path, scratch: Path, iterations: int, seed: int, *, re
         else:
             delay = rng.uniform(0, 1.1 * durations.get(name, 0.7))
         time.sleep(delay)
+        sig = rng.choice(signals) if len(signals) > 1 else signals[0]  # the SIGKILL runs' seeds stay as they were
         with contextlib.suppress(ProcessLookupError):  # it may have finished: nothing to kill
-            os.killpg(proc.pid, signal.SIGKILL)
+            os.killpg(proc.pid, sig)
         rc = proc.wait()
         stats.iterations += 1
         st = live_state(sysroot)
-        if rc == -signal.SIGKILL:
+        stopped = rc == -sig or (sig != signal.SIGKILL and rc == 128 + sig)
+        if stopped and rc > 0:
+            assert_interrupted_output(log.read_text(), f"iteration {i} (seed {seed}): {' '.join(op)}, {sig.name}")
+        elif stopped and sig != signal.SIGKILL:  # before the interpreter ran lulayer's first line
+            stats.outcomes[f"{sig.name} before lulayer started"] += 1
+        if stopped:
             stats.killed += 1
             if st and st.get("inprogress"):
                 stats.mid_apply += 1
@@ -157,6 +168,15 @@ def random_kills(sysroot: Path, scratch: Path, iterations: int, seed: int, *, re
             stats.outcomes["recovered by cleanup --repomd"] += 1
         checker.check(expect, f"{context}; recovery {' '.join(str(a) for a in out.args[4:])}")
     return stats
+
+
+def assert_interrupted_output(output: str, context: str) -> None:
+    """What a command stopped by INT, TERM or HUP prints last: one `interrupted: ...` line, and
+    never a traceback or an error line."""
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("interrupted: "), f"{context}:\n{output}"
+    assert sum(line.startswith("interrupted: ") for line in lines) == 1, f"{context}:\n{output}"
+    assert not any(line.startswith(("Traceback", "error: ", "Aborted")) for line in lines), f"{context}:\n{output}"
 
 
 def _report_kills(stats: KillStats, seed: int) -> None:
