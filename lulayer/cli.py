@@ -500,4 +500,7 @@ def _print_live_status(live: LiveStatus) -> None:
 
 def main() -> None:
     signals.install()  # before anything: a signal is recorded, and the command stops at a safe point
-    cli(prog_name="lulayer")
+    try:
+        cli(prog_name="lulayer")
+    finally:
+        signals.hold()

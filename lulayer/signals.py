@@ -74,6 +74,12 @@ def ignore_terminal() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
+def hold() -> None:
+    """The command is over: block INT, TERM and HUP for the interpreter's exit, which puts the
+    default actions back (a signal then would turn a finished command into one killed)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
+
+
 def received() -> int | None:
     """The signal recorded, if one arrived."""
     return _received

@@ -116,8 +116,8 @@ def random_kills(sysroot: Path, scratch: Path, iterations: int, seed: int, *, re
         stopped = rc == -sig or (sig != signal.SIGKILL and rc == 128 + sig)
         if stopped and rc > 0:
             assert_interrupted_output(log.read_text(), f"iteration {i} (seed {seed}): {' '.join(op)}, {sig.name}")
-        elif stopped and sig != signal.SIGKILL:  # before the interpreter ran lulayer's first line
-            stats.outcomes[f"{sig.name} before lulayer started"] += 1
+        elif stopped and sig != signal.SIGKILL:  # in the interpreter's start-up, before lulayer's handlers
+            stats.outcomes[f"{sig.name} during the interpreter's start-up"] += 1
         if stopped:
             stats.killed += 1
             if st and st.get("inprogress"):
