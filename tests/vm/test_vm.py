@@ -280,6 +280,27 @@ step rpm-q rpm -q htop
     b3.failed("rpm-q")
 
 
+# In the same boot: `systemctl stop` of a transient unit running `install --live`, SIGTERM as
+# systemd sends it (then SIGCONT). The command stops itself half way through the files
+# (SIGSTOP at the fault point), so the stop lands mid-apply.
+SIGTERM_SCRIPT = """
+step sig-run systemd-run --unit=lulayer-sigterm -p Environment=LULAYER_TEST_FAULT=files-half \
+    -p Environment=LULAYER_TEST_FAULT_SIGNAL=STOP "$(command -v lulayer)" install hello-config --live
+step sig-paused sh -c 'for i in $(seq 1200); do
+    pid=$(systemctl show -P MainPID lulayer-sigterm)
+    [ "$pid" != 0 ] && [ "$(cut -d" " -f3 /proc/$pid/stat)" = T ] && exit 0; sleep 0.1; done; exit 1'
+step sig-stop systemctl stop lulayer-sigterm
+step sig-exit systemctl show -P ExecMainStatus lulayer-sigterm
+step sig-journal journalctl -u lulayer-sigterm -o cat --no-pager
+step sig-status lulayer status
+step sig-recover lulayer apply-live
+step sig-hello hello-config
+step sig-rpm-q rpm -q hello-config
+step sig-temp find /usr -name ".*.tmp"
+step sig-json lulayer status --json
+"""
+
+
 def test_live_install_killed_mid_apply_then_apply_live_recovers(vm: VM) -> None:
     b = vm.boot("""
 step killed env LULAYER_TEST_FAULT=files-half lulayer install htop --live
@@ -290,7 +311,7 @@ step rpm-q rpm -q htop
 step touch-usr sh -c 'touch /usr/x'
 step status lulayer status
 step json lulayer status --json
-""")
+""" + SIGTERM_SCRIPT)
     rc, out = b.step("killed")
     assert rc == 137, f"expected SIGKILL (137), got {rc}: {out}"
     assert "InterruptedLiveCommit" in b.ok("status-killed")
@@ -300,6 +321,28 @@ step json lulayer status --json
     b.failed("touch-usr")
     assert "InterruptedLiveCommit" not in b.ok("status")
     deps = _deployments(b, "json")
+    booted = next(d for d in deps if d["booted"])
+    assert "live-inprogress" not in booted and booted["live-replaced"] == deps[0]["checksum"], deps
+
+    _sigterm_by_systemctl_stop_is_reported_and_recovered(b)
+
+
+def _sigterm_by_systemctl_stop_is_reported_and_recovered(b: Boot) -> None:
+    b.ok("sig-run")
+    b.ok("sig-paused")
+    b.ok("sig-stop")
+    assert b.ok("sig-exit").strip() == "143", b.describe()
+    journal = b.ok("sig-journal")
+    said = [line for line in journal.splitlines() if line.startswith(("interrupted: ", "error: ", "Traceback"))]
+    assert said == [
+        "interrupted: the live update is in progress (status: InterruptedLiveCommit); the next lulayer "
+        "command (or `lulayer apply-live --reset`) finishes it"], journal
+    assert "InterruptedLiveCommit" in b.ok("sig-status")
+    b.ok("sig-recover")
+    b.ok("sig-hello")
+    assert b.ok("sig-rpm-q").strip() == "hello-config-1.0-1.fc41.noarch"
+    assert b.ok("sig-temp").strip() == ""
+    deps = _deployments(b, "sig-json")
     booted = next(d for d in deps if d["booted"])
     assert "live-inprogress" not in booted and booted["live-replaced"] == deps[0]["checksum"], deps
 
