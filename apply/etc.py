@@ -46,6 +46,7 @@ from lulayer.fsutil import (
 from lulayer.sysroot import ETC_RECORD, Deployment, Sysroot
 
 RPMNEW = ".rpmnew"
+DIR = "dir"  # a folder a live apply made for the files it added
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class EtcFix:
     """What fix_merged_etc did to a new deployment's /etc (paths as /etc/NAME)."""
 
     replaced: tuple[str, ...] = ()  # unchanged since a live apply wrote it: now the package's version
-    removed: tuple[str, ...] = ()  # unchanged, and the new deployment does not ship it
+    removed: tuple[str, ...] = ()  # unchanged, and the new deployment does not ship it (or an empty folder)
     kept: tuple[str, ...] = ()  # changed since (the administrator's)
     rpmnew: tuple[str, ...] = ()  # the new version written beside a kept file
 
@@ -74,15 +75,24 @@ def read_added(sysroot: Sysroot, d: Deployment) -> dict[str, str]:
     return data
 
 
-def record_added(sysroot: Sysroot, d: Deployment, etc: Path, paths: Iterable[str]) -> None:
-    """Add paths (/etc/NAME), as they are now under etc (d's /etc), to d's record."""
-    paths = list(paths)
-    if not paths:
+def added_files(sysroot: Sysroot, d: Deployment) -> tuple[str, ...]:
+    """The files (not folders) live applies added to d's /etc that it still records."""
+    return tuple(sorted(p for p, w in read_added(sysroot, d).items() if w != DIR))
+
+
+def record_added(sysroot: Sysroot, d: Deployment, etc: Path, paths: Iterable[str],
+                 dirs: Iterable[str] = ()) -> None:
+    """Add the files at paths (/etc/NAME), as they are now under etc (d's /etc), and the folders
+    made for them, dirs, to d's record."""
+    paths, dirs = list(paths), list(dirs)
+    if not paths and not dirs:
         return
     added = read_added(sysroot, d)
+    added.update(dict.fromkeys(dirs, DIR))
     with opened_dir(etc) as etc_fd:
         for p in paths:
-            digest = _digest(etc_fd, _rel(p))
+            with _parent(etc_fd, _rel(p)) as (parent, name):
+                digest = _digest(parent, name) if parent is not None else None
             if digest is not None:
                 added[p] = digest
     record = sysroot.etc_record(d)
@@ -112,7 +122,8 @@ def fix_merged_etc(sysroot: Sysroot, new_root: Path, merge: Deployment) -> EtcFi
     kept: list[str] = []
     rpmnew: list[str] = []
     with opened_dir(new_root / "etc") as etc, opened_dir(new_root / "usr" / "etc") as usr_etc:
-        for path, written in sorted(added.items()):
+        files = {p: w for p, w in added.items() if w != DIR}
+        for path, written in sorted(files.items()):
             rel = _rel(path)
             with _parent(etc, rel) as (parent, name), _parent(usr_etc, rel) as (src, _):
                 now = _digest(parent, name) if parent is not None else None
@@ -135,6 +146,14 @@ def fix_merged_etc(sysroot: Sysroot, new_root: Path, merge: Deployment) -> EtcFi
                 if src is not None and shipped is not None and shipped not in (written, now):
                     _copy(src, parent, name, name + RPMNEW)
                     rpmnew.append(path + RPMNEW)
+        # The folders made for them, deepest first: gone when empty and not shipped.
+        for path in sorted((p for p, w in added.items() if w == DIR), reverse=True):
+            with _parent(etc, _rel(path)) as (parent, name), _parent(usr_etc, _rel(path)) as (src, _):
+                if parent is None or (src is not None and os.path.lexists(f"/proc/self/fd/{src}/{name}")):
+                    continue
+                with suppress_errno(errno.ENOENT, errno.ENOTEMPTY, errno.ENOTDIR, errno.EEXIST):
+                    os.rmdir(name, dir_fd=parent)
+                    removed.append(path)
         os.fsync(etc)
     return EtcFix(tuple(replaced), tuple(removed), tuple(kept), tuple(rpmnew))
 

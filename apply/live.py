@@ -577,28 +577,31 @@ def _exchange_rpmdb(sysroot: Sysroot, applier: _Applier, target: str, dbpath: Pu
     return "exchanged atomically"
 
 
-def _add_etc(sysroot: Sysroot, root: Path, applier: _Applier, diff: TreeDiff) -> tuple[str, ...]:
-    """Config files new in the target's /usr/etc that /etc lacks; none is overwritten."""
+def _add_etc(sysroot: Sysroot, root: Path, applier: _Applier,
+             diff: TreeDiff) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Config files new in the target's /usr/etc that /etc lacks; none is overwritten. Returns
+    the files added and the folders made for them (as /etc/NAME)."""
     etc_diff = diff.under("/usr/etc")
     if not etc_diff.added_files:
-        return ()
-    etc = _Tree(root / "etc")
-    added = []
+        return (), ()
+    etc_tree = _Tree(root / "etc")
+    added, made = [], []
     try:
-        etc_applier = _Applier(sysroot, etc, "/usr/etc")
+        etc_applier = _Applier(sysroot, etc_tree, "/usr/etc")
         for d in etc_diff.added_dirs:
-            parent, name = etc.split(_rel(d.path, "/usr/etc"))
+            parent, name = etc_tree.split(_rel(d.path, "/usr/etc"))
             if not os.path.lexists(os.path.join(f"/proc/self/fd/{parent}", name)):
                 etc_applier.make_dir(d)
+                made.append("/etc" + _rel(d.path, "/usr/etc"))
         for f in etc_diff.added_files:
-            parent, name = etc.split(_rel(f.path, "/usr/etc"))
+            parent, name = etc_tree.split(_rel(f.path, "/usr/etc"))
             if os.path.lexists(os.path.join(f"/proc/self/fd/{parent}", name)):
                 continue
             etc_applier.write_file(f)
             added.append("/etc" + _rel(f.path, "/usr/etc"))
     finally:
-        etc.close()
-    return tuple(added)
+        etc_tree.close()
+    return tuple(added), tuple(made)
 
 
 def _systemd(sysroot: Sysroot, diff: TreeDiff) -> tuple[str, ...]:
@@ -775,8 +778,8 @@ def apply_live(sysroot: Sysroot, target: str, *, allow_replacement: bool = False
                                    exchange_ok=exchange_ok, resumed=resumed, progress=progress)
             finally:
                 tree.close()
-        etc_added = _add_etc(sysroot, root, applier, diff)
-        etc.record_added(sysroot, booted, root / "etc", etc_added)
+        etc_added, etc_dirs = _add_etc(sysroot, root, applier, diff)
+        etc.record_added(sysroot, booted, root / "etc", etc_added, etc_dirs)
         fault("etc")
     except (OSError, _Failed) as e:
         # The update stays "in progress" and is finished by the next command once the cause

@@ -440,6 +440,8 @@ def _print_status(st: Status, verbose: bool, booted_only: bool = False) -> None:
             _print_live_status(st.live)
         if verbose and ds.layered:
             click.echo(f"{'Packages':>19}: {' '.join(p.nevra for p in ds.layered)}")
+        if verbose and ds.live_etc:
+            click.echo(f"{'LiveEtcAdded':>19}: {' '.join(ds.live_etc)}")
         click.echo("")
     if st.pending_diff is not None and not st.pending_diff.empty and not booted_only:
         diff = st.pending_diff
