@@ -185,6 +185,7 @@ class Transaction:
     def install(self, names: Sequence[str], *, dry_run: bool = False, idempotent: bool = False,
                 allow_inactive: bool = False, latest: bool = False, live: bool = False,
                 allow_replacement: bool = False, live_or_reboot: bool = False) -> LayerOutcome:
+        live = live or live_or_reboot
         return self._layer(lambda ly: ly.install(names, dry_run=dry_run, idempotent=idempotent,
                                                  allow_inactive=allow_inactive, latest=latest, stage=live),
                            live=live, allow_replacement=allow_replacement, allow_removal=False,
@@ -193,6 +194,7 @@ class Transaction:
     def uninstall(self, names: Sequence[str], *, remove_all: bool = False, idempotent: bool = False,
                   dry_run: bool = False, live: bool = False, allow_replacement: bool = False,
                   live_or_reboot: bool = False) -> LayerOutcome:
+        live = live or live_or_reboot
         # Removing what is uninstalled is what uninstall --live is for.
         return self._layer(lambda ly: ly.uninstall(names, remove_all=remove_all, idempotent=idempotent,
                                                    dry_run=dry_run, stage=live),
@@ -201,13 +203,13 @@ class Transaction:
 
     def upgrade(self, *, dry_run: bool = False, live: bool = False,
                 allow_replacement: bool = False, live_or_reboot: bool = False) -> LayerOutcome:
+        live = live or live_or_reboot
         return self._layer(lambda ly: ly.upgrade(dry_run=dry_run, stage=live),
                            live=live, allow_replacement=allow_replacement, allow_removal=False,
                            live_or_reboot=live_or_reboot)
 
     def _layer(self, operation: Callable[[Layering], LayerResult], *, live: bool, allow_replacement: bool,
                allow_removal: bool, live_or_reboot: bool = False) -> LayerOutcome:
-        live = live or live_or_reboot
         outcome = self._layer_outcome(operation, live=live, allow_replacement=allow_replacement,
                                       allow_removal=allow_removal, live_or_reboot=live_or_reboot)
         if outcome.layer.dry_run:  # what the next boot would bring; a live apply would leave nothing pending

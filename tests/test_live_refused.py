@@ -23,6 +23,7 @@ from tests.helpers import (
     rpm,
     rpm_names,
     staged_record,
+    wait_unlocked,
 )
 
 pytestmark = pytest.mark.root
@@ -83,6 +84,7 @@ def test_live_or_reboot_makes_the_refused_change_for_the_next_boot_and_says_so(s
     done = lulayer(sysroot, "upgrade", "--live-or-reboot")
     assert "Not applied live (--live-or-reboot): packages would be replaced" in done.stdout, describe(done)
     assert "Changes queued for the next boot." in done.stdout
+    assert "The next boot brings changes the running system lacks" in done.stdout
     assert "Live update applied" not in done.stdout
     assert len(deployments(sysroot)) == len(before) + 1 and staged_record(sysroot) is None
     assert (root / "usr/bin/cfgpkg").exists() and "cfgpkg" in rpm_names(root)
@@ -93,8 +95,17 @@ def test_live_or_reboot_makes_the_refused_change_for_the_next_boot_and_says_so(s
 
 def test_live_or_reboot_applies_live_what_can_go_live(sysroot: Path) -> None:
     out = json.loads(lulayer(sysroot, "install", "cfgpkg", "--live-or-reboot", "--json").stdout)
-    assert out["live"]["changed"] and "live-refused" not in out
+    wait_unlocked(sysroot)  # staged as with --live: its writer is detached
+    assert out["live"]["changed"] and "live-refused" not in out and out["next-boot"] == "being-written", out
     assert (booted(sysroot) / "usr/bin/cfgpkg").exists()
+    assert not out["needs-reboot"]
+
+
+def test_live_or_reboot_refused_says_why_in_json(sysroot: Path, tmp_path: Path) -> None:
+    with_cfgpkg_1_booted_and_2_offered(sysroot, tmp_path)
+    out = json.loads(lulayer(sysroot, "upgrade", "--live-or-reboot", "--json").stdout)
+    assert out["live-refused"].startswith("packages would be replaced"), out
+    assert out["next-boot"] == "written" and out["needs-reboot"] and "live" not in out, out
 
 
 def test_live_or_reboot_with_reboot_is_refused(sysroot: Path) -> None:
