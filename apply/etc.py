@@ -28,7 +28,7 @@ import hashlib
 import json
 import os
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -108,13 +108,12 @@ def drop_record_at(backing: int) -> None:
         os.unlink(ETC_RECORD, dir_fd=backing)
 
 
-def fix_merged_etc(sysroot: Sysroot, new_root: Path, merge: Deployment) -> EtcFix:
-    """After libostree merged merge's /etc into the new deployment at new_root: give back to the
-    package each file a live apply wrote into merge's /etc that nobody changed since (see the
-    module docstring). Files are replaced by renaming a new inode over them, never written
+def fix_merged_etc(new_root: Path, added: Mapping[str, str]) -> EtcFix:
+    """After libostree merged a deployment's /etc into the new deployment at new_root: give back
+    to the package each file a live apply wrote into that /etc (added: its read_added) that
+    nobody changed since (see the module docstring). Files are replaced by renaming a new inode over them, never written
     through (a file of /etc is never a hardlink into the repository; were it one, it is not
     written either)."""
-    added = read_added(sysroot, merge)
     if not added:
         return EtcFix()
     replaced: list[str] = []

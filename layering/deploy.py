@@ -10,7 +10,7 @@ from contextlib import nullcontext
 
 from gi.repository import GLib, OSTree
 
-from lulayer.apply.etc import fix_merged_etc
+from lulayer.apply.etc import fix_merged_etc, read_added
 from lulayer.apply.live import drop_stale_backing
 from lulayer.errors import SysrootError
 from lulayer.linux import CAP_SYS_ADMIN, without_capability
@@ -108,6 +108,7 @@ def deploy(sysroot: Sysroot, commit: str, origin: Origin, merge: Deployment) -> 
 def _deploy(sysroot: Sysroot, commit: str, origin: Origin, merge: Deployment) -> None:
     booted = sysroot.booted()
     rollback = sysroot.rollback()
+    live_etc = read_added(sysroot, merge)  # read first: a corrupt record refuses before anything is written
     try:
         _, new = sysroot.ostree.deploy_tree(
             merge.osname, commit, origin.to_keyfile(), sysroot.ostree_deployment(merge), None, None
@@ -115,7 +116,7 @@ def _deploy(sysroot: Sysroot, commit: str, origin: Origin, merge: Deployment) ->
     except GLib.Error as e:
         raise SysrootError(f"deploying {commit[:12]} failed: {e.message}") from e
     # The /etc files a live apply wrote into merge's /etc and nobody changed are the package's.
-    fix_merged_etc(sysroot, sysroot.path / sysroot.ostree.get_deployment_dirpath(new), merge)
+    fix_merged_etc(sysroot.path / sysroot.ostree.get_deployment_dirpath(new), live_etc)
     order = [new, sysroot.ostree_deployment(booted)]
     if rollback is not None:
         order.append(sysroot.ostree_deployment(rollback))

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from fixtures import build as fixture_build
-from tests.helpers import booted, lulayer, ostree_fsck, pending, point_repo_file, rpm
+from tests.helpers import booted, lulayer, one_error_line, ostree_fsck, pending, point_repo_file, rpm
 
 pytestmark = pytest.mark.root
 
@@ -127,3 +127,17 @@ def test_the_record_goes_with_its_deployment(sysroot: Path) -> None:
     fixture_build.reboot(sysroot)
     lulayer(sysroot, "cleanup", "--rollback")
     assert not record.parent.exists()
+
+
+def test_a_corrupt_record_is_refused_in_one_line_and_nothing_changes(sysroot: Path) -> None:
+    first = booted(sysroot)
+    lulayer(sysroot, "install", "cfgpkg", "--live")
+    record = first.parent.parent / "backing" / first.name / "lulayer-etc.json"
+    lulayer(sysroot, "cleanup", "--pending")  # the next deployment is merged from this one's /etc
+    record.write_text("{not json")
+    before = sorted(p.name for p in fixture_build.deployments(sysroot))
+    for args in (("status",), ("install", "htop")):
+        proc = lulayer(sysroot, *args, check=False)
+        one_error_line(proc, f"{record} is unreadable", "remove it")
+    assert sorted(p.name for p in fixture_build.deployments(sysroot)) == before
+    assert sorted(p.name for p in first.parent.iterdir() if p.is_dir()) == before, "a deployment folder was left"
