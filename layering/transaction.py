@@ -231,8 +231,7 @@ class Transaction:
             """Before the next boot's deployment is recorded: may commit go live? A refusal
             leaves nothing changed, or with live_or_reboot, the deployment written unstaged."""
             try:
-                check_live(self.sysroot, commit, allow_replacement=allow_replacement,
-                                allow_removal=allow_removal)
+                check_live(self.sysroot, commit, allow_replacement=allow_replacement, allow_removal=allow_removal)
             except LiveRefusedError as e:
                 if not live_or_reboot:
                     raise
