@@ -37,6 +37,7 @@ from pathlib import Path, PurePosixPath
 
 from gi.repository import Gio, GLib
 
+from lulayer.apply import etc
 from lulayer.apply import state as live_state
 from lulayer.apply.diff import (
     DirEntry,
@@ -48,7 +49,7 @@ from lulayer.apply.diff import (
     read_dir_meta,
     read_file_object,
 )
-from lulayer.errors import LiveApplyError
+from lulayer.errors import LiveApplyError, LiveRefusedError
 from lulayer.faults import fault
 from lulayer.fsutil import (
     TEMP_NAME_RE,
@@ -57,6 +58,7 @@ from lulayer.fsutil import (
     remove_tree_at,
     suppress_errno,
     temp_name,
+    tree_usage,
     write_file_atomic,
 )
 from lulayer.linux import MS_BIND, MS_RDONLY, MS_REMOUNT, RENAME_EXCHANGE, renameat2
@@ -66,6 +68,7 @@ from lulayer.mounts import (
     mount,
     mount_at,
     mount_overlay,
+    mounts,
     overlay_dirs,
     unmount,
 )
@@ -74,7 +77,7 @@ from lulayer.rpmdb.db import commit_packages, tree_dbpath
 from lulayer.rpmdb.model import PackageChanges
 from lulayer.run import run
 from lulayer.signals import Stage, checkpoint, critical, reached
-from lulayer.sysroot import Deployment, Sysroot
+from lulayer.sysroot import LIVE_BACKING, Deployment, Sysroot
 
 STEPS = ("marked", "overlay", "files-half", "files", "rpmdb-new", "exchanged", "removed", "etc")
 RESET_STEPS = ("reset-marked", "reset-unmounted")  # the same, for apply-live --reset
@@ -122,6 +125,28 @@ class LiveResult:
 def live_root(sysroot: Sysroot, booted: Deployment) -> Path:
     """The root the booted system runs in: the deployment folder, or / on a host."""
     return booted.path if sysroot.folder else Path("/")
+
+
+def drop_stale_backing(sysroot: Sysroot) -> int:
+    """Remove what lulayer keeps in the backing folders of deployments that no longer exist (the
+    live layer's upper and work folders, the /etc record); returns the bytes freed. A layer some
+    overlay still uses (a deployment removed while its live /usr is mounted) is left."""
+    names = {d.name for d in sysroot.deployments()}
+    in_use = {overlay_dirs(m).upper for m in mounts() if m.fstype == "overlay"}
+    freed = 0
+    for backing in sorted(sysroot.path.glob("ostree/deploy/*/backing/*")):
+        if backing.name in names or backing.is_symlink() or not backing.is_dir():
+            continue
+        live_dir = backing / LIVE_BACKING
+        if live_dir / "upper" in in_use:
+            continue
+        freed += tree_usage(live_dir)
+        with opened_dir(backing, follow_symlinks=False) as fd:
+            remove_tree_at(fd, LIVE_BACKING)
+            etc.drop_record_at(fd)
+        with suppress_errno(errno.ENOTEMPTY, errno.EEXIST, errno.EBUSY):
+            os.rmdir(backing)  # left when something else keeps its own files there
+    return freed
 
 
 def _drop_backing(back: Path) -> None:
@@ -478,14 +503,14 @@ def check_live_change(diff: TreeDiff, changes: PackageChanges, kernels: set[str]
     allow_replacement, one that replaces or removes what the running system has."""
     for kver in kernels:
         if not diff.under(f"/usr/lib/modules/{kver}").is_empty:
-            raise LiveApplyError(f"the update changes the running kernel's /usr/lib/modules/{kver}",
+            raise LiveRefusedError(f"the update changes the running kernel's /usr/lib/modules/{kver}",
                                  hint="kernel changes need a reboot: `systemctl reboot`")
     if allow_replacement:
         return
     if type_changes:
         named = [f"{p} from a {old} into a {new}" for p, old, new in type_changes[:_NAMED_TYPE_CHANGES]]
         more = len(type_changes) - len(named)
-        raise LiveApplyError(f"the update would turn {', '.join(named)}" + (f" and {more} more" if more else ""),
+        raise LiveRefusedError(f"the update would turn {', '.join(named)}" + (f" and {more} more" if more else ""),
                              hint="pass --allow-replacement to apply it live, or reboot into it")
     replaced = [f"{o.nevra} -> {n.nevra}" for o, n in changes.upgraded]
     removed = [] if allow_removal else [p.nevra for p in changes.removed]
@@ -493,11 +518,11 @@ def check_live_change(diff: TreeDiff, changes: PackageChanges, kernels: set[str]
         what = "; ".join(x for x in (
             f"packages would be replaced: {', '.join(replaced)}" if replaced else "",
             f"packages would be removed: {', '.join(removed)}" if removed else "") if x)
-        raise LiveApplyError(what, hint="pass --allow-replacement to apply it live, or reboot into it")
+        raise LiveRefusedError(what, hint="pass --allow-replacement to apply it live, or reboot into it")
     n_changed = len(diff.changed_files) + len(diff.changed_dirs)
     n_removed = 0 if allow_removal else len(diff.removed_files) + len(diff.removed_dirs)
     if n_changed or n_removed:
-        raise LiveApplyError(f"the update would change {n_changed} and remove {n_removed} existing files",
+        raise LiveRefusedError(f"the update would change {n_changed} and remove {n_removed} existing files",
                              hint="pass --allow-replacement to apply it live, or reboot into it")
 
 
@@ -560,28 +585,31 @@ def _exchange_rpmdb(sysroot: Sysroot, applier: _Applier, target: str, dbpath: Pu
     return "exchanged atomically"
 
 
-def _add_etc(sysroot: Sysroot, root: Path, applier: _Applier, diff: TreeDiff) -> tuple[str, ...]:
-    """Config files new in the target's /usr/etc that /etc lacks; none is overwritten."""
+def _add_etc(sysroot: Sysroot, root: Path, applier: _Applier,
+             diff: TreeDiff) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Config files new in the target's /usr/etc that /etc lacks; none is overwritten. Returns
+    the files added and the folders made for them (as /etc/NAME)."""
     etc_diff = diff.under("/usr/etc")
     if not etc_diff.added_files:
-        return ()
-    etc = _Tree(root / "etc")
-    added = []
+        return (), ()
+    etc_tree = _Tree(root / "etc")
+    added, made = [], []
     try:
-        etc_applier = _Applier(sysroot, etc, "/usr/etc")
+        etc_applier = _Applier(sysroot, etc_tree, "/usr/etc")
         for d in etc_diff.added_dirs:
-            parent, name = etc.split(_rel(d.path, "/usr/etc"))
+            parent, name = etc_tree.split(_rel(d.path, "/usr/etc"))
             if not os.path.lexists(os.path.join(f"/proc/self/fd/{parent}", name)):
                 etc_applier.make_dir(d)
+                made.append("/etc" + _rel(d.path, "/usr/etc"))
         for f in etc_diff.added_files:
-            parent, name = etc.split(_rel(f.path, "/usr/etc"))
+            parent, name = etc_tree.split(_rel(f.path, "/usr/etc"))
             if os.path.lexists(os.path.join(f"/proc/self/fd/{parent}", name)):
                 continue
             etc_applier.write_file(f)
             added.append("/etc" + _rel(f.path, "/usr/etc"))
     finally:
-        etc.close()
-    return tuple(added)
+        etc_tree.close()
+    return tuple(added), tuple(made)
 
 
 def _systemd(sysroot: Sysroot, diff: TreeDiff) -> tuple[str, ...]:
@@ -683,9 +711,30 @@ def _stopped(target: str, e: OSError | _Failed) -> LiveApplyError:
                           f"{err.strerror or err}", hint=hint)
 
 
-def apply_live(sysroot: Sysroot, target: str, *, allow_replacement: bool = False,
-               allow_removal: bool = False, progress: Progress | None = None) -> LiveResult:
-    """Make the live /usr the target commit's; see the module docstring for the steps."""
+@dataclass(frozen=True)
+class _Plan:
+    """A live update of the booted deployment to target, worked out and not begun."""
+
+    booted: Deployment
+    state: live_state.LiveState
+    target: str
+    root: Path
+    dbpath: PurePosixPath
+    diff: TreeDiff  # the live commit's /usr against the target's
+    changes: PackageChanges
+
+    @property
+    def source(self) -> str:
+        return self.state.commit
+
+    @property
+    def files(self) -> TreeDiff:
+        """The diff but the rpmdb, which is swapped on its own."""
+        return self.diff.outside(str(self.dbpath))
+
+
+def _plan(sysroot: Sysroot, target: str) -> _Plan | None:
+    """The live update to target; None when the live /usr already is target."""
     booted = sysroot.booted()
     st = live_state.read_state(sysroot, booted)
     if st.inprogress and st.inprogress != target:
@@ -693,21 +742,43 @@ def apply_live(sysroot: Sysroot, target: str, *, allow_replacement: bool = False
             f"a live update toward {st.inprogress[:12]} was interrupted",
             hint="run `lulayer apply-live` to finish it, or `lulayer apply-live --reset`",
         )
-    source = st.commit
-    resumed = st.inprogress is not None
-    if source == target and not resumed:
-        return LiveResult(source, target, PackageChanges())
+    if st.commit == target and st.inprogress is None:
+        return None
     root = live_root(sysroot, booted)
     dbpath = tree_dbpath(root)
-    diff = diff_commits(sysroot.repo, source, target, "/usr")
-    changes = PackageChanges.between(commit_packages(sysroot.repo, source, dbpath),
+    diff = diff_commits(sysroot.repo, st.commit, target, "/usr")
+    changes = PackageChanges.between(commit_packages(sysroot.repo, st.commit, dbpath),
                                      commit_packages(sysroot.repo, target, dbpath))
-    files = diff.outside(str(dbpath))
+    return _Plan(booted, st, target, root, dbpath, diff, changes)
+
+
+def _check_plan(sysroot: Sysroot, plan: _Plan, *, allow_replacement: bool, allow_removal: bool) -> None:
+    files = plan.files
+    type_changes = [] if allow_replacement else _type_changes(sysroot, files, plan.source, plan.target)
+    check_live_change(files, plan.changes, _running_kernels(plan.root, sysroot.folder), type_changes,
+                      allow_replacement=allow_replacement, allow_removal=allow_removal)
+
+
+def check_live(sysroot: Sysroot, target: str, *, allow_replacement: bool = False, allow_removal: bool = False) -> None:
+    """Refuse (LiveRefusedError) a live update to target that apply_live would refuse, before
+    anything is written: the caller stages the next boot's deployment only once it passes."""
+    plan = _plan(sysroot, target)
+    if plan is not None and plan.state.inprogress is None:
+        _check_plan(sysroot, plan, allow_replacement=allow_replacement, allow_removal=allow_removal)
+
+
+def apply_live(sysroot: Sysroot, target: str, *, allow_replacement: bool = False,
+               allow_removal: bool = False, progress: Progress | None = None) -> LiveResult:
+    """Make the live /usr the target commit's; see the module docstring for the steps."""
+    plan = _plan(sysroot, target)
+    if plan is None:
+        return LiveResult(target, target, PackageChanges())
+    booted, st, root, dbpath, diff, changes = plan.booted, plan.state, plan.root, plan.dbpath, plan.diff, plan.changes
+    source, files = plan.source, plan.files
+    resumed = st.inprogress is not None
     rpmdb_changed = not diff.under(str(dbpath)).is_empty
     if not resumed:  # a resumed update was checked when it began
-        type_changes = [] if allow_replacement else _type_changes(sysroot, files, source, target)
-        check_live_change(files, changes, _running_kernels(root, sysroot.folder), type_changes,
-                          allow_replacement=allow_replacement, allow_removal=allow_removal)
+        _check_plan(sysroot, plan, allow_replacement=allow_replacement, allow_removal=allow_removal)
     try:
         reached(Stage.LIVE)
         with critical():
@@ -722,7 +793,8 @@ def apply_live(sysroot: Sysroot, target: str, *, allow_replacement: bool = False
                                    exchange_ok=exchange_ok, resumed=resumed, progress=progress)
             finally:
                 tree.close()
-        etc_added = _add_etc(sysroot, root, applier, diff)
+        etc_added, etc_dirs = _add_etc(sysroot, root, applier, diff)
+        etc.record_added(sysroot, booted, root / "etc", etc_added, etc_dirs)
         _step("etc")
     except (OSError, _Failed) as e:
         # The update stays "in progress" and is finished by the next command once the cause

@@ -10,8 +10,12 @@ from contextlib import nullcontext
 
 from gi.repository import GLib, OSTree
 
+from lulayer.apply.etc import fix_merged_etc, read_added
+from lulayer.apply.live import drop_stale_backing
 from lulayer.errors import SysrootError
 from lulayer.linux import CAP_SYS_ADMIN, without_capability
+from lulayer.mounts import mount_at, unmount
+from lulayer.run import run_in_child
 from lulayer.sysroot import Deployment, Origin, Sysroot, deployment_name
 
 # rpm-ostree keeps the base commit of every layered deployment under rpmostree/base/N, so that no
@@ -51,7 +55,9 @@ def write_base_refs(sysroot: Sysroot) -> None:
         raise SysrootError(f"keeping the base commits of layered deployments failed: {e.message}") from e
 
 
-def _write(sysroot: Sysroot, order: list[OSTree.Deployment]) -> None:
+def _write(sysroot: Sysroot, order: list[OSTree.Deployment]) -> int:
+    """Write the deployment list; returns the bytes freed in the backing folders of the
+    deployments it dropped (drop_stale_backing)."""
     opts = OSTree.SysrootWriteDeploymentsOpts()
     # Pruning the repository walks every reachable object; `lulayer cleanup` does it.
     opts.do_postclean = False
@@ -66,23 +72,55 @@ def _write(sysroot: Sysroot, order: list[OSTree.Deployment]) -> None:
         raise SysrootError(f"writing the deployment list failed: {e.message}") from e
     sysroot.reload()
     write_base_refs(sysroot)
+    return drop_stale_backing(sysroot)
 
 
 def deploy(sysroot: Sysroot, commit: str, origin: Origin, merge: Deployment) -> Deployment:
-    """Deploy commit with origin as the default for the next boot; return it."""
+    """Deploy commit with origin as the default for the next boot, its /etc merged from merge's;
+    return it.
+
+    libostree merges merge's /etc against merge's /usr/etc as it finds it under the sysroot. On
+    a folder sysroot a live overlay is mounted on that very /usr (on a host a mount on /usr may
+    propagate there too), and the merge would take every /etc file a live update's /usr/etc
+    changes for the administrator's. Then the deployment is written from a child with its own
+    mount namespace, where merge's /usr is what its commit holds, as on the next boot, through
+    a sysroot opened there.
+    """
+    usr = merge.path / "usr"
+    if mount_at(usr) is None:
+        _deploy(sysroot, commit, origin, merge)
+    else:
+        def pristine() -> None:
+            for _ in range(16):  # the overlay, a read-only bind on it, ...: down to the folder
+                if mount_at(usr) is None:
+                    break
+                unmount(usr, lazy=True)
+            # Opened again: directories opened before the unshare still lead into the mounts
+            # of the namespace they were opened in.
+            _deploy(Sysroot(sysroot.path if sysroot.folder else None), commit, origin, merge)
+
+        run_in_child("lulayer-deploy", pristine, new_mount_namespace=True)
+        sysroot.reload()
+        drop_stale_backing(sysroot)  # here too: the child did not see this namespace's mounts
+    return sysroot.deployments()[0]
+
+
+def _deploy(sysroot: Sysroot, commit: str, origin: Origin, merge: Deployment) -> None:
     booted = sysroot.booted()
     rollback = sysroot.rollback()
+    live_etc = read_added(sysroot, merge)  # read first: a corrupt record refuses before anything is written
     try:
         _, new = sysroot.ostree.deploy_tree(
             merge.osname, commit, origin.to_keyfile(), sysroot.ostree_deployment(merge), None, None
         )
     except GLib.Error as e:
         raise SysrootError(f"deploying {commit[:12]} failed: {e.message}") from e
+    # The /etc files a live apply wrote into merge's /etc and nobody changed are the package's.
+    fix_merged_etc(sysroot.path / sysroot.ostree.get_deployment_dirpath(new), live_etc)
     order = [new, sysroot.ostree_deployment(booted)]
     if rollback is not None:
         order.append(sysroot.ostree_deployment(rollback))
     _write(sysroot, order)
-    return sysroot.deployments()[0]
 
 
 def rollback(sysroot: Sysroot) -> Deployment:
@@ -100,7 +138,8 @@ def rollback(sysroot: Sysroot) -> Deployment:
     return sysroot.deployments()[0]
 
 
-def remove(sysroot: Sysroot, doomed: list[Deployment]) -> None:
+def remove(sysroot: Sysroot, doomed: list[Deployment]) -> int:
+    """Remove the doomed deployments; returns the bytes freed in their backing folders."""
     names = {d.name for d in doomed}
     keep = [d for d in sysroot.ostree_deployments() if deployment_name(d) not in names]
-    _write(sysroot, keep)
+    return _write(sysroot, keep)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path, PurePosixPath
@@ -194,10 +194,15 @@ def layered_packages(sysroot: Sysroot, commit: str, dbpath: PurePosixPath) -> tu
 class Layering:
     """The layering operations on one locked sysroot."""
 
-    def __init__(self, sysroot: Sysroot, resolver: Resolver | None = None, progress: Progress | None = None) -> None:
+    def __init__(self, sysroot: Sysroot, resolver: Resolver | None = None, progress: Progress | None = None,
+                 live_gate: Callable[[str], bool] | None = None) -> None:
         self.sysroot = sysroot
         self.resolver = resolver or make_resolver()
         self.progress = progress
+        # With stage: asked about the new commit before anything is recorded for the next boot.
+        # It raises to refuse the change (nothing is recorded), or says whether it goes live
+        # (staged) or not (deployed for the next boot only).
+        self.live_gate = live_gate
 
     def install(self, names: Sequence[str], *, dry_run: bool = False, idempotent: bool = False,
                 allow_inactive: bool = False, latest: bool = False, stage: bool = False) -> LayerResult:
@@ -356,6 +361,8 @@ class Layering:
     def _deploy(self, commit: str, origin: Origin, merge: Deployment, changes: PackageChanges,
                 requested: tuple[str, ...], stage: bool) -> LayerResult:
         """Deploy commit for the next boot, or with stage, record it to be deployed (staged.py)."""
+        if stage and self.live_gate is not None:
+            stage = self.live_gate(commit)
         if stage:
             staged = StagedDeployment.of(commit, origin, merge)
             signals.reached(signals.Stage.STAGED)

@@ -18,6 +18,7 @@ from pathlib import PurePosixPath
 
 from gi.repository import GLib, OSTree
 
+from lulayer.apply.etc import added_files
 from lulayer.apply.state import read_state
 from lulayer.errors import LulayerError
 from lulayer.layering.layer import ImageState, base_commit_of, layered_packages
@@ -202,6 +203,7 @@ class DeploymentStatus:
     unlocked: str = "none"
     remote: Mapping[str, object] = field(default_factory=dict)  # gpg-enabled / remote-error, pending-base-*
     image_digest: str | None = None  # a container deployment's image, from its base commit's metadata
+    live_etc: tuple[str, ...] = ()  # /etc files live applies added to its /etc (apply/etc.py)
 
     @property
     def inactive_requests(self) -> tuple[str, ...]:
@@ -220,6 +222,7 @@ class DeploymentStatus:
             "lulayer-rollback": self.rollback,
             "lulayer-superseded": self.superseded,
             "lulayer-layered-nevras": [p.nevra for p in self.layered],
+            "lulayer-live-etc-added": list(self.live_etc),
         })
         return out
 
@@ -394,6 +397,7 @@ def read_status(sysroot: Sysroot) -> Status:
             unlocked=_unlocked(od, live=d.booted and st.live),
             remote=_remote_status(sysroot, d.origin, base_checksum),
             image_digest=image.digest,
+            live_etc=added_files(sysroot, d),
         ))
     staged_status = None
     if staged is not None:

@@ -27,8 +27,8 @@ from typing import Protocol
 from lulayer import signals
 from lulayer.apply import live
 from lulayer.apply import state as live_state
-from lulayer.apply.live import LiveResult
-from lulayer.errors import LiveApplyError, LulayerError
+from lulayer.apply.live import LiveResult, check_live
+from lulayer.errors import LiveApplyError, LiveRefusedError, LulayerError
 from lulayer.layering import deploy, staged
 from lulayer.layering.cleanup import CleanupResult, cleanup
 from lulayer.layering.layer import Layering, LayerResult
@@ -78,6 +78,7 @@ class LayerOutcome:
     live: LiveResult | None
     next_boot: NextBoot
     needs_reboot: bool = False  # the next boot brings what the running system lacks (Transaction.needs_reboot)
+    live_refused: str | None = None  # with --live-or-reboot: why the change was not applied live
 
     @property
     def changed(self) -> bool:
@@ -92,6 +93,8 @@ class LayerOutcome:
         out["needs-reboot"] = self.needs_reboot
         if self.live is not None:
             out["live"] = self.live.to_json()
+        if self.live_refused is not None:
+            out["live-refused"] = self.live_refused
         return out
 
 
@@ -182,29 +185,39 @@ class Transaction:
 
     # --- layering ----------------------------------------------------------------------
 
+    # live_or_reboot: with live, a change that cannot go live (check_live refuses it) is
+    # deployed for the next boot instead of refused; the outcome says why (live_refused).
+
     def install(self, names: Sequence[str], *, dry_run: bool = False, idempotent: bool = False,
                 allow_inactive: bool = False, latest: bool = False, live: bool = False,
-                allow_replacement: bool = False) -> LayerOutcome:
+                allow_replacement: bool = False, live_or_reboot: bool = False) -> LayerOutcome:
+        live = live or live_or_reboot
         return self._layer(lambda ly: ly.install(names, dry_run=dry_run, idempotent=idempotent,
                                                  allow_inactive=allow_inactive, latest=latest, stage=live),
-                           live=live, allow_replacement=allow_replacement, allow_removal=False)
+                           live=live, allow_replacement=allow_replacement, allow_removal=False,
+                           live_or_reboot=live_or_reboot)
 
     def uninstall(self, names: Sequence[str], *, remove_all: bool = False, idempotent: bool = False,
-                  dry_run: bool = False, live: bool = False, allow_replacement: bool = False) -> LayerOutcome:
+                  dry_run: bool = False, live: bool = False, allow_replacement: bool = False,
+                  live_or_reboot: bool = False) -> LayerOutcome:
+        live = live or live_or_reboot
         # Removing what is uninstalled is what uninstall --live is for.
         return self._layer(lambda ly: ly.uninstall(names, remove_all=remove_all, idempotent=idempotent,
                                                    dry_run=dry_run, stage=live),
-                           live=live, allow_replacement=allow_replacement, allow_removal=True)
+                           live=live, allow_replacement=allow_replacement, allow_removal=True,
+                           live_or_reboot=live_or_reboot)
 
     def upgrade(self, *, dry_run: bool = False, live: bool = False,
-                allow_replacement: bool = False) -> LayerOutcome:
+                allow_replacement: bool = False, live_or_reboot: bool = False) -> LayerOutcome:
+        live = live or live_or_reboot
         return self._layer(lambda ly: ly.upgrade(dry_run=dry_run, stage=live),
-                           live=live, allow_replacement=allow_replacement, allow_removal=False)
+                           live=live, allow_replacement=allow_replacement, allow_removal=False,
+                           live_or_reboot=live_or_reboot)
 
     def _layer(self, operation: Callable[[Layering], LayerResult], *, live: bool, allow_replacement: bool,
-               allow_removal: bool) -> LayerOutcome:
+               allow_removal: bool, live_or_reboot: bool = False) -> LayerOutcome:
         outcome = self._layer_outcome(operation, live=live, allow_replacement=allow_replacement,
-                                      allow_removal=allow_removal)
+                                      allow_removal=allow_removal, live_or_reboot=live_or_reboot)
         if outcome.layer.dry_run:  # what the next boot would bring; a live apply would leave nothing pending
             pending = not live and (outcome.layer.changed or self.needs_reboot())
         else:
@@ -216,21 +229,42 @@ class Transaction:
         return needs_reboot(self.sysroot)
 
     def _layer_outcome(self, operation: Callable[[Layering], LayerResult], *, live: bool, allow_replacement: bool,
-                       allow_removal: bool) -> LayerOutcome:
+                       allow_removal: bool, live_or_reboot: bool) -> LayerOutcome:
         self._recover()
+        refused: list[LiveRefusedError] = []
+
+        def live_gate(commit: str) -> bool:
+            """Before the next boot's deployment is recorded: may commit go live? A refusal
+            leaves nothing changed, or with live_or_reboot, the deployment written unstaged."""
+            try:
+                check_live(self.sysroot, commit, allow_replacement=allow_replacement, allow_removal=allow_removal)
+            except LiveRefusedError as e:
+                if not live_or_reboot:
+                    raise
+                refused.append(e)
+                return False
+            return True
+
         # With live, the next boot's deployment is staged: written after the live update.
-        result = operation(Layering(self.sysroot, progress=self.reporter.progress))
+        result = operation(Layering(self.sysroot, progress=self.reporter.progress, live_gate=live_gate))
         signals.checkpoint()
         if result.dry_run:
             return LayerOutcome(result, None, NextBoot.UNCHANGED)
+        if refused:
+            return LayerOutcome(result, None, NextBoot.WRITTEN, live_refused=str(refused[0]))
         if not live:
             return LayerOutcome(result, None, NextBoot.WRITTEN if result.deployment else NextBoot.UNCHANGED)
         # Nothing new (already requested): the pending deployment, if any, is what goes live.
         target = result.commit or self.sysroot.deployments()[0].checksum
         try:
             live_result = self._apply_live(target, allow_replacement=allow_replacement, allow_removal=allow_removal)
+        except LiveRefusedError as e:
+            # Nothing new was made (already requested): what is pending stays so.
+            if not live_or_reboot:
+                raise
+            return LayerOutcome(result, None, NextBoot.UNCHANGED, live_refused=str(e))
         except BaseException:
-            # A refused or failed live apply still leaves the next boot's deployment. Should
+            # A failed live apply (refusals came before staging) still leaves the next boot's deployment. Should
             # that fail too, it is recorded (status shows it): the live error is the one to report.
             # After a signal the command stops as a SIGKILL would: the next command writes it.
             if signals.received() is None:

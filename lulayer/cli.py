@@ -192,6 +192,8 @@ def _print_outcome(outcome: LayerOutcome) -> None:
     from lulayer.layering.transaction import NextBoot
 
     _print_changes(outcome.layer, "next boot")
+    if outcome.live_refused is not None:
+        click.echo(f"Not applied live (--live-or-reboot): {outcome.live_refused}")
     if outcome.live is not None:
         _print_live(outcome.live)
     if outcome.next_boot is NextBoot.BEING_WRITTEN:
@@ -201,6 +203,9 @@ def _print_outcome(outcome: LayerOutcome) -> None:
 
 
 def _live_options(f: Callable[..., None]) -> Callable[..., None]:
+    f = click.option("--live-or-reboot", is_flag=True,
+                     help="Apply the change live when it can be; otherwise make it for the next boot only "
+                          "(without it, --live refuses such a change and changes nothing).")(f)
     f = click.option("--allow-replacement", is_flag=True,
                      help="With --live: allow replacing or removing existing files and packages.")(f)
     return click.option("-A", "--live", "--apply-live", "live", is_flag=True,
@@ -262,13 +267,14 @@ def _after(ctx: Context, outcome: LayerOutcome, *, reboot: bool, unchanged_exit_
 @_script_options
 @click.pass_obj
 def install(ctx: Context, packages: tuple[str, ...], dry_run: bool, idempotent: bool, allow_inactive: bool,
-            latest: bool, live: bool, allow_replacement: bool, as_json: bool, unchanged_exit_77: bool, reboot: bool,
-            assumeyes: bool) -> None:
+            latest: bool, live: bool, allow_replacement: bool, live_or_reboot: bool, as_json: bool,
+            unchanged_exit_77: bool, reboot: bool, assumeyes: bool) -> None:
     """Layer PACKAGES onto the image, for the next boot (and now, with --live)."""
-    _check_reboot(ctx, reboot, live)
+    _check_reboot(ctx, reboot, live or live_or_reboot)
     with _transaction(ctx, as_json) as tx:
         outcome = tx.install(packages, dry_run=dry_run, idempotent=idempotent, allow_inactive=allow_inactive,
-                             latest=latest, live=live, allow_replacement=allow_replacement)
+                             latest=latest, live=live, allow_replacement=allow_replacement,
+                             live_or_reboot=live_or_reboot)
         _report_outcome(outcome, as_json)
     _after(ctx, outcome, reboot=reboot, unchanged_exit_77=unchanged_exit_77)
 
@@ -295,15 +301,16 @@ def _complete_layered(ctx: click.Context, param: click.Parameter, incomplete: st
 @_script_options
 @click.pass_obj
 def uninstall(ctx: Context, packages: tuple[str, ...], remove_all: bool, idempotent: bool, dry_run: bool, live: bool,
-              allow_replacement: bool, as_json: bool, unchanged_exit_77: bool, reboot: bool, assumeyes: bool) -> None:
+              allow_replacement: bool, live_or_reboot: bool, as_json: bool, unchanged_exit_77: bool, reboot: bool,
+              assumeyes: bool) -> None:
     """Remove layered PACKAGES (--all: every layered package)."""
     if not packages and not remove_all:  # an empty list in a script must not remove everything
         raise LulayerError("no package named",
                            hint="name the packages to uninstall, or pass --all to remove every layered package")
-    _check_reboot(ctx, reboot, live)
+    _check_reboot(ctx, reboot, live or live_or_reboot)
     with _transaction(ctx, as_json) as tx:
         outcome = tx.uninstall(packages, remove_all=remove_all, idempotent=idempotent, dry_run=dry_run, live=live,
-                               allow_replacement=allow_replacement)
+                               allow_replacement=allow_replacement, live_or_reboot=live_or_reboot)
         _report_outcome(outcome, as_json)
     _after(ctx, outcome, reboot=reboot, unchanged_exit_77=unchanged_exit_77)
 
@@ -316,15 +323,15 @@ def uninstall(ctx: Context, packages: tuple[str, ...], remove_all: bool, idempot
 @_script_options
 @click.pass_obj
 def upgrade(ctx: Context, dry_run: bool, check: bool, preview: bool, live: bool, allow_replacement: bool,
-            as_json: bool, unchanged_exit_77: bool, reboot: bool, assumeyes: bool) -> None:
+            live_or_reboot: bool, as_json: bool, unchanged_exit_77: bool, reboot: bool, assumeyes: bool) -> None:
     """Newest base commit held for the origin (its ref, or its image), layered packages at their newest versions."""
     if reboot and (check or preview):  # as rpmostree-builtin-upgrade.cxx
         raise LulayerError("--reboot cannot be combined with --check or --preview")
-    _check_reboot(ctx, reboot, live)
+    _check_reboot(ctx, reboot, live or live_or_reboot)
     only_look = check or preview
     with _transaction(ctx, as_json) as tx:
         outcome = tx.upgrade(dry_run=dry_run or only_look, live=live and not only_look,
-                             allow_replacement=allow_replacement)
+                             allow_replacement=allow_replacement, live_or_reboot=live_or_reboot and not only_look)
         if as_json or not check:
             _report_outcome(outcome, as_json)
         elif outcome.changed:
@@ -390,6 +397,8 @@ def cleanup(ctx: Context, pending: bool, rollback_: bool, repomd: bool) -> None:
     for name in r.removed_base_checkouts:
         click.echo(f"Removed base checkout {name[:12]}")
     click.echo("Pruned unreferenced repository objects")
+    click.echo(f"Freed {_size(r.freed)} (live layers {_size(r.freed_live)}, caches {_size(r.freed_cache)}, "
+               f"repository {_size(r.freed_repo)})")
 
 
 @cli.command()
@@ -442,6 +451,8 @@ def _print_status(st: Status, verbose: bool, booted_only: bool = False) -> None:
             _print_live_status(st.live)
         if verbose and ds.layered:
             click.echo(f"{'Packages':>19}: {' '.join(p.nevra for p in ds.layered)}")
+        if verbose and ds.live_etc:
+            click.echo(f"{'LiveEtcAdded':>19}: {' '.join(ds.live_etc)}")
         click.echo("")
     if st.pending_diff is not None and not st.pending_diff.empty and not booted_only:
         diff = st.pending_diff

@@ -41,6 +41,11 @@ class LiveApplyError(LulayerError):
     """A live apply was refused or failed."""
 
 
+class LiveRefusedError(LiveApplyError):
+    """A live apply was refused before anything was changed: it needs a reboot (the running
+    kernel's modules) or --allow-replacement."""
+
+
 class LockBusyError(LulayerError):
     """Another operation holds the sysroot lock."""
 

@@ -183,6 +183,35 @@ def _write_xattrs(target: int | str, xattrs: list[tuple[str, bytes]]) -> None:
         os.setxattr(target, n, v, follow_symlinks=follow)
 
 
+def tree_usage(path: Path, *, linked_elsewhere: bool = False) -> int:
+    """The bytes of disk that removing the tree at path frees: its folders, and each other inode
+    whose every link is inside it (a hardlink to elsewhere frees nothing; with linked_elsewhere
+    it is counted too, once); symlinks are not followed; 0 when path is missing."""
+    seen: dict[tuple[int, int], int] = {}  # links found inside
+    sizes: dict[tuple[int, int], tuple[int, int]] = {}  # bytes, links it has
+
+    def walk(p: str) -> None:
+        with os.scandir(p) as it:
+            for e in it:
+                st = e.stat(follow_symlinks=False)
+                key = (st.st_dev, st.st_ino)
+                seen[key] = seen.get(key, 0) + 1
+                # A folder's st_nlink counts its subfolders' "..": only its own name matters.
+                sizes[key] = (st.st_blocks * 512, 1 if stat.S_ISDIR(st.st_mode) else st.st_nlink)
+                if e.is_dir(follow_symlinks=False):
+                    walk(e.path)
+
+    try:
+        top = os.lstat(path)
+    except FileNotFoundError:
+        return 0
+    if not stat.S_ISDIR(top.st_mode):
+        return top.st_blocks * 512 if top.st_nlink == 1 or linked_elsewhere else 0
+    walk(os.fspath(path))
+    return top.st_blocks * 512 + sum(size for key, (size, nlink) in sizes.items()
+                                     if linked_elsewhere or seen[key] >= nlink)
+
+
 def remove_path(path: Path) -> None:
     """remove_tree_at for a path: rm -rf path, through its parent's fd."""
     with opened_dir(path.parent) as parent:

@@ -184,6 +184,11 @@ def _keyfile_remove(kf: GLib.KeyFile, group: str, key: str) -> None:
         kf.remove_key(group, key)
 
 
+# What lulayer keeps in a deployment's backing folder, ostree/deploy/OS/backing/CHECKSUM.SERIAL/.
+LIVE_BACKING = "lulayer-live"  # the live overlay's upper and work folders (apply/live.py)
+ETC_RECORD = "lulayer-etc.json"  # the /etc files live applies added (apply/etc.py)
+
+
 def deployment_name(d: OSTree.Deployment) -> str:
     """A deployment's folder name, CHECKSUM.SERIAL: how lulayer and libostree name it."""
     return f"{d.get_csum()}.{d.get_deployserial()}"
@@ -288,7 +293,12 @@ class Sysroot:
 
     def backing_dir(self, d: Deployment) -> Path:
         """The live overlay's upper and work folders for deployment d (apply/live.py)."""
-        return self.path / "ostree" / "deploy" / d.osname / "backing" / d.name / "lulayer-live"
+        return self.path / "ostree" / "deploy" / d.osname / "backing" / d.name / LIVE_BACKING
+
+    def etc_record(self, d: Deployment) -> Path:
+        """The /etc files live applies added to d's /etc (apply/etc.py): beside its backing folder,
+        kept as long as the deployment is."""
+        return self.backing_dir(d).parent / ETC_RECORD
 
     def deployment_state_dir(self, d: Deployment) -> Path:
         """Where state that must not outlive a boot goes (rpm-ostree's stamp folder)."""

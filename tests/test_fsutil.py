@@ -133,3 +133,24 @@ def test_write_record_removes_what_a_killed_write_of_it_left_and_nothing_else(tm
         fsutil.write_record(d, "staged.json", b"{}\n")
     assert sorted(os.listdir(tmp_path)) == sorted([other, "staged.json", "staged.json.bak"])
     assert (tmp_path / "staged.json").read_text() == "{}\n"
+
+
+def test_tree_usage_counts_what_removing_the_tree_frees(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "sub" / "own").write_bytes(os.urandom(256 * 1024))
+    (tree / "twice").write_bytes(os.urandom(128 * 1024))
+    os.link(tree / "twice", tree / "sub" / "twice-again")  # both links inside: freed
+    (tmp_path / "outside").write_bytes(os.urandom(512 * 1024))
+    os.link(tmp_path / "outside", tree / "shared")  # a link outside stays: nothing freed
+    os.symlink("/usr", tree / "link")  # not followed
+
+    def blocks(p: Path) -> int:
+        return os.lstat(p).st_blocks * 512
+
+    dirs = blocks(tree) + blocks(tree / "sub")
+    files = blocks(tree / "sub" / "own") + blocks(tree / "twice") + blocks(tree / "link")
+    assert fsutil.tree_usage(tree) == dirs + files
+    assert fsutil.tree_usage(tree, linked_elsewhere=True) == dirs + files + blocks(tree / "shared")
+    assert fsutil.tree_usage(tree / "shared") == 0
+    assert fsutil.tree_usage(tmp_path / "missing") == 0

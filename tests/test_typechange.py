@@ -44,6 +44,7 @@ from tests.helpers import (
     pending,
     point_repo_file,
     rpm,
+    staged_record,
     tree_diff,
     tree_entries,
 )
@@ -225,6 +226,7 @@ def test_type_changes_are_refused_without_allow_replacement(tc_sysroot: Path, co
     if command[0] == "apply-live":
         lulayer(tc_sysroot, "upgrade")
     before = tree_entries(live / "usr", ignore_names=RPMDB_RUNTIME_FILES)
+    deployments = fixture_build.deployments(tc_sysroot)
 
     refused = lulayer(tc_sysroot, *command, check=False)
 
@@ -238,7 +240,10 @@ def test_type_changes_are_refused_without_allow_replacement(tc_sysroot: Path, co
     assert chroot(live, "typechange").stdout == "typechange 1.0\n"
     assert not booted_status(tc_sysroot).get("live-inprogress")
 
-    lulayer(tc_sysroot, "apply-live", "--allow-replacement")
+    # Refused means nothing changed: no deployment made or staged for the next boot either.
+    assert fixture_build.deployments(tc_sysroot) == deployments and staged_record(tc_sysroot) is None
+    assert "Upgraded" not in refused.stdout
+    lulayer(tc_sysroot, *command, "--allow-replacement")
     assert chroot(live, "typechange").stdout == "typechange 2.0\n"
 
 

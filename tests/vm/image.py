@@ -133,7 +133,8 @@ def _chroot_mounts(root: Path) -> Iterator[None]:
 
 
 def _chroot(root: Path, *cmd: str) -> str:
-    return _run(["chroot", root, *cmd], env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+    # The caller's TMPDIR (the test runs set one of their own) does not exist in the chroot.
+    return _run(["chroot", root, *cmd], env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "TMPDIR": "/tmp"})
 
 
 def _debootstrap(root: Path) -> None:

@@ -206,7 +206,10 @@ def test_upgrade_live_changes_the_type_of_paths_on_the_booted_host(unit_and_type
     assert "Read-only file system" in b.failed("tc-ro")
 
 
-def test_uninstall_live_removes_at_once_and_from_the_next_boot(vm: VM) -> None:
+def test_uninstall_live_removes_at_once_and_from_the_next_boot_its_etc_files_too(vm: VM) -> None:
+    # htop: installed and uninstalled live in one boot. cfgpkg (a %config file in /etc, and a
+    # file its %post writes there): installed live, a reboot, uninstalled live, a reboot; the
+    # /etc files the live install added go with the package, as without --live (issue 19).
     b1 = vm.boot("""
 step install lulayer install htop --live
 step htop htop --version
@@ -214,6 +217,9 @@ step uninstall lulayer uninstall htop --live
 step which sh -c 'command -v htop'
 step rpm-q rpm -q htop
 step status lulayer status
+step cfg-install lulayer install cfgpkg --live
+step cfg-etc cat /etc/cfgpkg.conf /etc/cfgpkg-post.conf
+step cfg-status lulayer status -v
 """)
     assert "htop 3.3.0" in b1.ok("htop")
     assert "Live removed: htop-3.3.0-1.fc41.x86_64" in b1.ok("uninstall")
@@ -222,14 +228,31 @@ step status lulayer status
     # What boots next, staged or written already, layers nothing; the htop deployment is superseded or gone.
     first = b1.ok("status").split("\n\n")[0]
     assert "(pending" in first and "LayeredPackages" not in first, b1.ok("status")
+    assert b1.ok("cfg-etc").split() == ["setting=1.0", "post=1.0"]
+    assert "LiveEtcAdded: /etc/cfgpkg-post.conf /etc/cfgpkg.conf" in b1.ok("cfg-status"), b1.ok("cfg-status")
     b2 = vm.boot("""
 step which sh -c 'command -v htop'
 step rpm-q rpm -q htop
 step json lulayer status --json
+step cfg-etc cat /etc/cfgpkg.conf /etc/cfgpkg-post.conf
+step cfg-verify rpm -V --nomtime cfgpkg
+step cfg-uninstall lulayer uninstall cfgpkg --live
+step cfg-settle lulayer finalize
 """)
     b2.failed("which")
     b2.failed("rpm-q")
-    assert _booted(b2, "json")["requested-packages"] == []
+    assert _booted(b2, "json")["requested-packages"] == ["cfgpkg"]
+    assert b2.ok("cfg-etc").split() == ["setting=1.0", "post=1.0"]
+    assert b2.ok("cfg-verify").strip() == ""
+    assert "Live removed: cfgpkg-1.0-1.fc41.noarch" in b2.ok("cfg-uninstall")
+    b3 = vm.boot("""
+step json lulayer status --json
+step cfg-etc sh -c 'ls /etc/cfgpkg.conf /etc/cfgpkg-post.conf'
+step backing sh -c 'ls /sysroot/ostree/deploy/*/backing/'
+""")
+    assert _booted(b3, "json")["requested-packages"] == []
+    b3.failed("cfg-etc")
+    print("backing folders:", b3.step("backing"))
 
 
 def test_reboot_boots_the_new_deployment_and_rollback_returns(vm: VM) -> None:
