@@ -129,6 +129,7 @@ class Dnf5Resolver:
             installed_q = libdnf5.rpm.PackageQuery(base)
             installed_q.filter_installed()
             installed = {p.get_name() for p in installed_q}
+            gone = _keep_offered(base, request.keep)
             goal = libdnf5.base.Goal(base)
             for spec in request.install:
                 matched = libdnf5.rpm.PackageQuery(base)
@@ -151,7 +152,7 @@ class Dnf5Resolver:
         resolved = tuple(
             ResolvedPackage(_package(p), p.get_repo_id(), p.get_location(), _checksum(p)) for p in inbound
         )
-        return Resolution(install=tuple(sorted(resolved, key=lambda r: r.package)), repos=repos)
+        return Resolution(install=tuple(sorted(resolved, key=lambda r: r.package)), repos=repos, gone=gone)
 
     def download(self, resolution: Resolution, progress: Progress | None = None) -> tuple[Path, ...]:
         if self._base is None:
@@ -172,6 +173,25 @@ class Dnf5Resolver:
         paths = tuple(by_nevra[str(r.package)] for r in resolution.install)
         verify_downloads(resolution, paths)
         return paths
+
+
+def _keep_offered(base: Any, keep: tuple[Package, ...]) -> tuple[Package, ...]:
+    """Exclude the other builds of each package of keep that the repositories still offer; return
+    those they do not offer (the resolver picks what it finds for them)."""
+    gone = []
+    for p in keep:
+        same_name = libdnf5.rpm.PackageQuery(base)
+        same_name.filter_available()
+        same_name.filter_name([p.name])
+        same_name.filter_arch([p.arch])
+        offered = libdnf5.rpm.PackageQuery(same_name)
+        offered.filter_nevra([p.nevra])
+        if offered.empty():
+            gone.append(p)
+            continue
+        same_name.difference(offered)
+        base.get_rpm_package_sack().add_user_excludes(same_name)
+    return tuple(gone)
 
 
 def _read_repos(base: Any, tree: RepoConfigTree, log_records: _LogRecords) -> tuple[RepoConfig, ...]:

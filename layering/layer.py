@@ -2,8 +2,10 @@
 
 Every new deployment is composed from the base commit plus every requested
 package, as rpm-ostree does, so a package removed from the request leaves no
-trace and its dependencies go with it. Packages already layered keep the
-version they have unless the operation is an upgrade.
+trace and its dependencies go with it. Packages already layered, and their
+dependencies, keep the build they have while the enabled repositories offer it
+(rpm-ostree issue 5323: no unrelated upgrades); one the repositories dropped moves
+to what they offer, with a note; an upgrade moves everything.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from lulayer.layering import compose as composer
 from lulayer.layering.deploy import deploy
 from lulayer.layering.resolver import (
     RepoConfigTree,
+    Resolution,
     Resolver,
     ResolveRequest,
     make_resolver,
@@ -181,6 +184,21 @@ def _releasever(root: Path) -> str:
     return "rawhide"
 
 
+def moved_notes(keep: Sequence[Package], resolution: Resolution) -> tuple[str, ...]:
+    """What the user should know of the layered packages that did not keep their builds: gone from
+    the repositories, or moved because a new request needs another build."""
+    now = {r.package.name: r.package for r in resolution.install}
+    gone = set(resolution.gone)
+    notes = []
+    for old in keep:
+        new = now.get(old.name)
+        if new is None or new == old:
+            continue
+        why = "is no longer offered" if old in gone else "is not what the request needs"
+        notes.append(f"{old.name} {old.evr} {why}; moving to {new.evr}")
+    return tuple(notes)
+
+
 def layered_packages(sysroot: Sysroot, commit: str, dbpath: PurePosixPath) -> tuple[Package, ...]:
     """Packages commit has that its base commit lacks."""
     base = base_commit_of(sysroot.repo, commit)
@@ -315,16 +333,15 @@ class Layering:
             if reuse:  # the same packages on the same base (only inactive requests changed): the same commit
                 new_pkgs = old_pkgs
             elif active:
-                layered_now = {p.name: p for p in layered_packages(sysroot, merge.checksum, dbpath)}
-                specs = tuple(
-                    layered_now[n].nevra if (n in layered_now and not upgrade and n not in fresh) else n
-                    for n in active
-                )
-                resolution = self.resolver.resolve(ResolveRequest(
+                keep = () if upgrade else tuple(
+                    p for p in layered_packages(sysroot, merge.checksum, dbpath) if p.name not in fresh)
+                request = ResolveRequest(
                     installed_root=installed_root, dbpath=dbpath, repos=RepoConfigTree(sysroot.booted().path),
-                    cache_dir=sysroot.cache_dir, releasever=_releasever(base_root), install=specs,
-                ))
+                    cache_dir=sysroot.cache_dir, releasever=_releasever(base_root), install=active, keep=keep,
+                )
+                resolution = self._resolve_keeping(request)
                 new_pkgs = tuple(sorted((*base_pkgs, *(r.package for r in resolution.install))))
+                notes = (*notes, *moved_notes(keep, resolution))
             else:
                 new_pkgs = base_pkgs
             changes = PackageChanges.between(old_pkgs, new_pkgs)
@@ -349,6 +366,16 @@ class Layering:
             repos=composer.repo_stamps(sysroot.cache_dir, [r.id for r in resolution.repos]),
         ))
         return done(self._deploy(commit, origin, merge, changes, req_sorted, stage))
+
+    def _resolve_keeping(self, request: ResolveRequest) -> Resolution:
+        """Resolve with the layered packages kept at their builds; where that cannot be (a new request
+        needs a newer build of one), resolve without keeping them, as dnf would upgrade it."""
+        try:
+            return self.resolver.resolve(request)
+        except ResolveError:
+            if not request.keep:
+                raise
+        return self.resolver.resolve(replace(request, keep=()))
 
     def _deploy(self, commit: str, origin: Origin, merge: Deployment, changes: PackageChanges,
                 requested: tuple[str, ...], stage: bool) -> LayerResult:
