@@ -10,10 +10,12 @@ from gi.repository import GLib
 
 from lulayer.errors import SysrootError
 from lulayer.fsutil import opened_dir, remove_tree_at
+from lulayer.layering import localpkg
 from lulayer.layering.deploy import remove, write_base_refs
 from lulayer.layering.layer import base_commit_of
 from lulayer.layering.staged import drop as drop_staged
-from lulayer.sysroot import Sysroot
+from lulayer.layering.staged import read as read_staged
+from lulayer.sysroot import Origin, Sysroot
 
 
 def _remove_children(parent: str, keep: set[str]) -> list[str]:
@@ -51,8 +53,12 @@ def cleanup(sysroot: Sysroot, *, pending: bool, rollback: bool, repomd: bool) ->
     removed_cache = cache if repomd and _remove_children(str(cache), set()) else None
     bases = {base_commit_of(sysroot.repo, d.checksum) for d in sysroot.deployments()}
     removed_bases = _remove_children(str(sysroot.base_checkouts), bases)
-    # Before the prune: a layered deployment's base may be held by nothing else (deploy.py).
+    # Before the prune: a layered deployment's base may be held by nothing else (deploy.py), and
+    # a local package by nothing but its ref (localpkg.py).
     write_base_refs(sysroot)
+    staged = read_staged(sysroot)
+    localpkg.drop_unused(sysroot.repo, [*(d.origin for d in sysroot.deployments()),
+                                        *((Origin.from_data(staged.origin),) if staged is not None else ())])
     try:
         # Deployment folders no longer listed, old boot folders, unreferenced objects.
         sysroot.ostree.cleanup(None)

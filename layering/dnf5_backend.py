@@ -14,6 +14,7 @@ import rpm
 
 from lulayer.errors import ResolveError
 from lulayer.layering.resolver import (
+    LOCAL_REPO_ID,
     Backend,
     RepoConfig,
     RepoConfigTree,
@@ -29,7 +30,7 @@ from lulayer.layering.resolver import (
     invalid_repo_config,
     metadata_error,
 )
-from lulayer.layering.verify import verify_downloads
+from lulayer.layering.verify import file_digest, verify_downloads
 from lulayer.progress import Progress, ProgressReport
 from lulayer.rpmdb.model import Package
 
@@ -131,6 +132,8 @@ class Dnf5Resolver:
             installed = {p.get_name() for p in installed_q}
             gone = _keep_offered(base, request.keep)
             goal = libdnf5.base.Goal(base)
+            for _path, local in base.get_repo_sack().add_cmdline_packages([str(p) for p in request.local]).items():
+                goal.add_rpm_install(local)
             for spec in request.install:
                 matched = libdnf5.rpm.PackageQuery(base)
                 matched.filter_available()
@@ -150,7 +153,10 @@ class Dnf5Resolver:
             rpm.delMacro("_dbpath")
         self._base, self._packages = base, inbound
         resolved = tuple(
-            ResolvedPackage(_package(p), p.get_repo_id(), p.get_location(), _checksum(p)) for p in inbound
+            ResolvedPackage(_package(p), p.get_repo_id(), p.get_location(),
+                            _checksum(p) if p.get_repo_id() != LOCAL_REPO_ID else
+                            f"sha256:{file_digest(Path(p.get_package_path()), 'sha256')}")
+            for p in inbound
         )
         return Resolution(install=tuple(sorted(resolved, key=lambda r: r.package)), repos=repos, gone=gone)
 

@@ -19,6 +19,7 @@ import rpm
 
 from lulayer.errors import ResolveError
 from lulayer.layering.resolver import (
+    LOCAL_REPO_ID,
     Backend,
     RepoConfig,
     RepoConfigTree,
@@ -35,7 +36,7 @@ from lulayer.layering.resolver import (
     metadata_error,
     one_line,
 )
-from lulayer.layering.verify import verify_downloads
+from lulayer.layering.verify import file_digest, verify_downloads
 from lulayer.progress import Progress, ProgressReport
 from lulayer.rpmdb.model import Package
 
@@ -110,6 +111,8 @@ class DnfResolver:
                 raise metadata_error(e) from e
             installed = {p.name for p in base.sack.query().installed()}
             gone = _keep_offered(base, request.keep)
+            for local in base.add_remote_rpms([str(p) for p in request.local], strict=True):
+                base.package_install(local, strict=True)
             for spec in request.install:
                 matched = dnf.subject.Subject(spec).get_best_query(base.sack, with_provides=True).available()
                 check_spec(spec, {p.name for p in matched}, installed)
@@ -126,7 +129,8 @@ class DnfResolver:
                               [_package(p) for p in trans.install_set])
             resolved = tuple(
                 ResolvedPackage(package=_package(p), repo_id=p.reponame, location=p.location,
-                                checksum=_hawkey_chksum(p))
+                                checksum=_hawkey_chksum(p) if p.reponame != LOCAL_REPO_ID else
+                                f"sha256:{file_digest(Path(p.localPkg()), 'sha256')}")
                 for p in trans.install_set
             )
         finally:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path, PurePosixPath
@@ -22,6 +22,7 @@ from gi.repository import GLib, OSTree
 from lulayer.errors import LulayerError, ResolveError
 from lulayer.fsutil import remove_path
 from lulayer.layering import compose as composer
+from lulayer.layering import localpkg
 from lulayer.layering.deploy import deploy
 from lulayer.layering.resolver import (
     RepoConfigTree,
@@ -225,6 +226,24 @@ class Layering:
         if not names:
             raise LulayerError("no package named", hint="lulayer install PKG...")
         merge = self.sysroot.merge_deployment()
+        files = {Path(n): localpkg.read_local(n) for n in names if localpkg.is_local_spec(n)}
+        names = tuple(n for n in names if not localpkg.is_local_spec(n))
+        local = set(merge.origin.requested_local)
+        taken = {localpkg.package_of(localpkg.parse_entry(e)[1]).name for e in local}
+        for path, lp in files.items():
+            if lp.entry in local and not idempotent:
+                raise LulayerError(f"already requested: {lp.package.nevra}",
+                                   hint="pass --idempotent to make this a no-op")
+            if lp.entry not in local and (lp.package.name in taken or lp.package.name in merge.origin.requested):
+                raise LulayerError(f"{path}: {lp.package.name} is layered already",
+                                   hint=f"uninstall {lp.package.name} first")
+        new_files = {p: lp for p, lp in files.items() if lp.entry not in local}
+        if not names:
+            if not new_files:
+                return LayerResult(PackageChanges(), tuple(sorted(merge.origin.requested)), dry_run=dry_run,
+                                   message="already requested; nothing to do", previous=merge.origin.requested)
+            return self._layer(merge, set(merge.origin.requested), dry_run=dry_run, upgrade=False, stage=stage,
+                               new_files=new_files)
         current = set(merge.origin.requested)
         already = [n for n in names if n in current]
         if already and not (idempotent or latest):
@@ -237,7 +256,7 @@ class Layering:
                                previous=merge.origin.requested)
         return self._layer(merge, current | set(new), dry_run=dry_run, upgrade=False, stage=stage,
                            new=frozenset(new), allow_inactive=allow_inactive,
-                           fresh=frozenset(names) if latest else frozenset())
+                           fresh=frozenset(names) if latest else frozenset(), new_files=new_files)
 
     def uninstall(self, names: Sequence[str], *, remove_all: bool = False, idempotent: bool = False,
                   dry_run: bool = False, stage: bool = False) -> LayerResult:
@@ -246,11 +265,21 @@ class Layering:
         list in a script must not remove everything."""
         names = split_specs(names)
         merge = self.sysroot.merge_deployment()
+        # A local package is uninstalled by its name or NEVRA.
+        local = {e: localpkg.parse_entry(e)[1] for e in merge.origin.requested_local}
+        dropped = {e for e, nevra in local.items() if remove_all or nevra in names
+                   or localpkg.package_of(nevra).name in names}
+        matched = {n for n in names for nevra in (local[e] for e in dropped)
+                   if n in (nevra, localpkg.package_of(nevra).name)}
+        names = tuple(n for n in names if n not in matched)
+        if dropped and not names:
+            return self._layer(merge, set(merge.origin.requested), dry_run=dry_run, upgrade=False, stage=stage,
+                               local=tuple(sorted(set(local) - dropped)))
         current = set(merge.origin.requested)
         nothing = LayerResult(PackageChanges(), tuple(sorted(current)), dry_run=dry_run,
                               previous=merge.origin.requested)
         if remove_all:
-            if not current:
+            if not current and not dropped:
                 if idempotent:
                     return replace(nothing, message="no package is layered; nothing to do")
                 raise LulayerError("no package is layered", hint="nothing to uninstall")
@@ -269,7 +298,8 @@ class Layering:
             what = "; ".join(f"{n} is part of the base image" if n in in_base else f"{n} is not layered"
                              for n in missing)
             raise LulayerError(what, hint="only layered packages can be uninstalled; `lulayer status` lists them")
-        return self._layer(merge, current - set(names), dry_run=dry_run, upgrade=False, stage=stage)
+        return self._layer(merge, current - set(names), dry_run=dry_run, upgrade=False, stage=stage,
+                           local=tuple(sorted(set(local) - dropped)))
 
     def upgrade(self, *, dry_run: bool = False, stage: bool = False) -> LayerResult:
         merge = self.sysroot.merge_deployment()
@@ -300,12 +330,15 @@ class Layering:
 
     def _layer(self, merge: Deployment, requested: set[str], *, dry_run: bool, upgrade: bool, stage: bool,
                new: frozenset[str] = frozenset(), allow_inactive: bool = True,
-               fresh: frozenset[str] = frozenset()) -> LayerResult:
+               fresh: frozenset[str] = frozenset(), local: tuple[str, ...] | None = None,
+               new_files: Mapping[Path, localpkg.LocalPackage] | None = None) -> LayerResult:
         """Compose the base (upgrade: the newest commit of the origin, _upgrade_base) plus requested.
 
         Layered packages keep their versions, except with upgrade and those named in fresh,
         which resolve to the newest. Requests the base provides are inactive: kept in the
-        origin, not layered (refused for the new ones unless allow_inactive)."""
+        origin, not layered (refused for the new ones unless allow_inactive). Local packages:
+        the origin's requested-local entries (local, when given, instead), taken out of the
+        OSTree repository, and new_files, stored there once resolved."""
         sysroot, repo = self.sysroot, self.sysroot.repo
         composer.clean_stale_scratch(sysroot.compose_scratch)
         merge_base = base = base_commit_of(repo, merge.checksum)
@@ -316,6 +349,12 @@ class Layering:
         dbpath = tree_dbpath(base_root)
         old_pkgs = commit_packages(repo, merge.checksum, dbpath)
         req_sorted = tuple(sorted(requested))
+        new_files = dict(new_files or {})
+        local_entries = tuple(sorted({*(merge.origin.requested_local if local is None else local),
+                                      *(lp.entry for lp in new_files.values())}))
+        local_files = (*(localpkg.retrieve(repo, e, sysroot.cache_dir / "local")[1]
+                         for e in local_entries if e not in {lp.entry for lp in new_files.values()}),
+                       *(p.absolute() for p in new_files))
         with snapshot(base_root / str(dbpath).lstrip("/"), dbpath) as installed_root:
             base_pkgs = read_packages(installed_root, dbpath)
             provided = {n: found for n in req_sorted if (found := providers(installed_root, dbpath, n))}
@@ -329,15 +368,17 @@ class Layering:
                              inactive=tuple(sorted(provided)), notes=notes)
             resolution = None
             reuse = (not upgrade and not fresh and base == merge_base and merge.checksum != merge_base
-                     and set(active) == set(layered_requests_of(repo, merge.checksum)))
+                     and set(active) == set(layered_requests_of(repo, merge.checksum))
+                     and local_entries == tuple(sorted(merge.origin.requested_local)))
             if reuse:  # the same packages on the same base (only inactive requests changed): the same commit
                 new_pkgs = old_pkgs
-            elif active:
+            elif active or local_files:
                 keep = () if upgrade else tuple(
                     p for p in layered_packages(sysroot, merge.checksum, dbpath) if p.name not in fresh)
                 request = ResolveRequest(
                     installed_root=installed_root, dbpath=dbpath, repos=RepoConfigTree(sysroot.booted().path),
                     cache_dir=sysroot.cache_dir, releasever=_releasever(base_root), install=active, keep=keep,
+                    local=local_files,
                 )
                 resolution = self._resolve_keeping(request)
                 new_pkgs = tuple(sorted((*base_pkgs, *(r.package for r in resolution.install))))
@@ -346,14 +387,16 @@ class Layering:
                 new_pkgs = base_pkgs
             changes = PackageChanges.between(old_pkgs, new_pkgs)
             if (upgrade or fresh) and changes.empty and base == merge_base and req_sorted == tuple(
-                    sorted(merge.origin.requested)):
+                    sorted(merge.origin.requested)) and local_entries == tuple(sorted(merge.origin.requested_local)):
                 message = ("No upgrade available." if upgrade else
                            f"already at the newest versions: {', '.join(sorted(fresh))}; nothing to do")
                 return result(changes, dry_run=dry_run, message=message)
             if dry_run:
                 return result(changes, dry_run=True)
             rpms = self.resolver.download(resolution, self.progress) if resolution is not None else ()
-        origin = merge.origin.with_requested(req_sorted)
+        for path, lp in new_files.items():
+            localpkg.store(repo, path, lp)
+        origin = merge.origin.with_requested(req_sorted, local_entries)
         done = partial(replace, previous=merge.origin.requested, inactive=tuple(sorted(provided)), notes=notes)
         if resolution is None:  # nothing to compose: the base image itself, or the merge commit again
             commit = merge.checksum if reuse else base

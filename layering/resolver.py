@@ -26,6 +26,9 @@ from lulayer.errors import ResolveError
 from lulayer.progress import Progress
 from lulayer.rpmdb.model import Package
 
+# The repository id dnf and libdnf5 give packages read from files (HY_CMDLINE_REPO_NAME).
+LOCAL_REPO_ID = "@commandline"
+
 
 class Backend(StrEnum):
     DNF5 = "libdnf5"
@@ -98,6 +101,7 @@ class ResolveRequest:
     releasever: str
     install: tuple[str, ...]
     keep: tuple[Package, ...] = ()
+    local: tuple[Path, ...] = ()  # RPM files to install as they are (their dependencies come from the repositories)
 
 
 @dataclass(frozen=True)

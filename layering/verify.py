@@ -26,7 +26,7 @@ import rpm
 
 from lulayer.errors import ResolveError
 from lulayer.layering.compose import DROPPED_TOP
-from lulayer.layering.resolver import RepoConfig, Resolution
+from lulayer.layering.resolver import LOCAL_REPO_ID, RepoConfig, Resolution
 from lulayer.rpmdb.db import dbpath_macro
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,9 @@ def verify_downloads(resolution: Resolution, paths: Sequence[Path]) -> None:
                 f"expected {expected[:16]}...)",
                 hint="the repository or the cache is corrupt: run `lulayer cleanup --repomd` or fix the repository",
             )
-        if by_id[resolved.repo_id].gpgcheck:
+        if resolved.repo_id == LOCAL_REPO_ID:
+            check_local_signature(path, resolution.repos)
+        elif by_id[resolved.repo_id].gpgcheck:
             check_signature(path, by_id[resolved.repo_id])
         check_payload(path)
 
@@ -112,6 +114,14 @@ def check_signature(path: Path, repo: RepoConfig) -> None:
     """
     with _verifier(repo) as ts:
         _check_signed(path, repo, ts)
+
+
+def check_local_signature(path: Path, repos: Sequence[RepoConfig]) -> None:
+    """A local RPM file where the enabled repositories require signatures: signed with one of their keys."""
+    checked = [r for r in repos if r.gpgcheck]
+    if checked:
+        check_signature(path, RepoConfig(id=", ".join(r.id for r in checked), repofile="", gpgcheck=True,
+                                         gpgkeys=tuple(dict.fromkeys(k for r in checked for k in r.gpgkeys))))
 
 
 def _check_signed(path: Path, repo: RepoConfig, ts: Any) -> None:
