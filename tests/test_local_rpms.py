@@ -95,15 +95,21 @@ def test_install_local_rpm_with_a_name_records_it_and_relayers_it_after_the_file
     ostree_fsck(sysroot)
 
 
-def test_install_local_rpm_live(sysroot: Path, tmp_path: Path) -> None:
-    rpm_file = local_copy(tmp_path, "upgrademe", "1.0")
-    lulayer(sysroot, "install", str(rpm_file), "--live")
+def test_install_several_local_rpms_and_a_name_live(sysroot: Path, tmp_path: Path) -> None:
+    # needs-upgrademe requires upgrademe: the other local file provides it.
+    files = [local_copy(tmp_path, "upgrademe", "1.0"), local_copy(tmp_path, "needs-upgrademe")]
+    lulayer(sysroot, "install", *map(str, files), "htop", "--live")
     live = booted(sysroot)
     assert chroot(live, "upgrademe", check=True).stdout.strip() == "upgrademe 1.0"
-    assert "upgrademe" in rpm_names(live)
+    assert (live / "usr/bin/htop").is_file() and (live / "usr/share/needs-upgrademe/README").is_file()
+    assert {"upgrademe", "needs-upgrademe", "htop"} <= rpm_names(live)
+    assert "LocalPackages: needs-upgrademe-1.0-1.fc41.noarch upgrademe-1.0-1.fc41.x86_64" in lulayer(
+        sysroot, "status").stdout
 
-    lulayer(sysroot, "uninstall", UPGRADEME_1, "--live")
+    lulayer(sysroot, "uninstall", "needs-upgrademe", UPGRADEME_1, "--live")
     assert not (live / "usr/bin/upgrademe").exists()
+    assert not (live / "usr/share/needs-upgrademe").exists()
+    assert (live / "usr/bin/htop").is_file()
 
 
 def assert_refused_unchanged(sysroot: Path, spec: str, *needles: str) -> None:
