@@ -57,8 +57,11 @@ def cleanup(sysroot: Sysroot, *, pending: bool, rollback: bool, repomd: bool) ->
     # a local package by nothing but its ref (localpkg.py).
     write_base_refs(sysroot)
     staged = read_staged(sysroot)
-    localpkg.drop_unused(sysroot.repo, [*(d.origin for d in sysroot.deployments()),
-                                        *((Origin.from_data(staged.origin),) if staged is not None else ())])
+    origins = [*(d.origin for d in sysroot.deployments()),
+               *((Origin.from_data(staged.origin),) if staged is not None else ())]
+    localpkg.drop_unused(sysroot.repo, origins)
+    _remove_children(str(cache / localpkg.CACHE_DIR), {localpkg.cached_name(e) for o in origins
+                                                       for e in o.requested_local})
     try:
         # Deployment folders no longer listed, old boot folders, unreferenced objects.
         sysroot.ostree.cleanup(None)

@@ -226,7 +226,7 @@ class Layering:
         if not names:
             raise LulayerError("no package named", hint="lulayer install PKG...")
         merge = self.sysroot.merge_deployment()
-        files = {Path(n): localpkg.read_local(n) for n in names if localpkg.is_local_spec(n)}
+        files = {localpkg.local_path(n): localpkg.read_local(n) for n in names if localpkg.is_local_spec(n)}
         names = tuple(n for n in names if not localpkg.is_local_spec(n))
         local = set(merge.origin.requested_local)
         taken = {localpkg.package_of(localpkg.parse_entry(e)[1]).name for e in local}
@@ -352,7 +352,7 @@ class Layering:
         new_files = dict(new_files or {})
         local_entries = tuple(sorted({*(merge.origin.requested_local if local is None else local),
                                       *(lp.entry for lp in new_files.values())}))
-        local_files = (*(localpkg.retrieve(repo, e, sysroot.cache_dir / "local")[1]
+        local_files = (*(localpkg.retrieve(repo, e, sysroot.cache_dir / localpkg.CACHE_DIR)[1]
                          for e in local_entries if e not in {lp.entry for lp in new_files.values()}),
                        *(p.absolute() for p in new_files))
         with snapshot(base_root / str(dbpath).lstrip("/"), dbpath) as installed_root:

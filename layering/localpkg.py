@@ -33,6 +33,7 @@ from lulayer.rpmdb.model import Package
 from lulayer.sysroot import Origin
 
 REF_PREFIX = "lulayer/pkg/"
+CACHE_DIR = "local"  # under the sysroot's cache: the stored files taken out for a transaction
 _LEAD_SIZE = 96
 _HEADER_MAGIC = b"\x8e\xad\xe8\x01"
 _ENTRY = re.compile(r"(?P<sha256>[0-9a-f]{64}):(?P<nevra>\S+)")
@@ -56,8 +57,14 @@ class LocalPackage:
 
 
 def is_local_spec(spec: str) -> bool:
-    """A request that names an RPM file rather than a package (rpm-ostree takes *.rpm as a file)."""
-    return spec.endswith(".rpm")
+    """A request that names an RPM file rather than a package, as rpm-ostree tells them apart
+    (rust/src/client.rs: an argument ending in .rpm or starting with file://)."""
+    return spec.endswith(".rpm") or spec.startswith("file://")
+
+
+def local_path(spec: str) -> Path:
+    """The file a local spec names."""
+    return Path(spec.removeprefix("file://"))
 
 
 def parse_entry(entry: str) -> tuple[str, str]:
@@ -107,7 +114,7 @@ def read_local(spec: str) -> LocalPackage:
     """The package in the RPM file spec, refused in one line unless it is a whole RPM of this
     machine's architecture (or noarch). Signatures are checked with the repositories' keys
     later (verify.verify_downloads), when the repositories are known."""
-    path = Path(spec)
+    path = local_path(spec)
     if not path.is_file():
         raise LulayerError(f"{spec}: no such file", hint="name an existing .rpm file, or a package without .rpm")
     try:
@@ -155,6 +162,11 @@ def _payload_matches(fd: int, hdr: rpm.hdr) -> bool:
 
 def _file_name(nevra: str) -> str:
     return f"{nevra}.rpm"
+
+
+def cached_name(entry: str) -> str:
+    """The file name a requested-local entry's RPM has in the cache and in its commit."""
+    return _file_name(parse_entry(entry)[1])
 
 
 def store(repo: OSTree.Repo, path: Path, local: LocalPackage) -> None:

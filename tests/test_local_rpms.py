@@ -90,15 +90,18 @@ def test_install_local_rpm_with_a_name_records_it_and_relayers_it_after_the_file
     assert "requested-local" not in origin_of(nxt)
     # Once no deployment requests it, cleanup drops the stored file.
     assert "lulayer/pkg/upgrademe/1.0-1.fc41.x86__64" in refs(sysroot)
+    cached = sysroot / "ostree/deploy/fedora/var/cache/lulayer/local" / f"{UPGRADEME_1}.rpm"
+    assert cached.is_file()  # taken out of the repository for the transaction after the file was gone
     lulayer(sysroot, "cleanup", "--rollback")
     assert "lulayer/pkg/upgrademe/1.0-1.fc41.x86__64" not in refs(sysroot)
+    assert not cached.exists()
     ostree_fsck(sysroot)
 
 
 def test_install_several_local_rpms_and_a_name_live(sysroot: Path, tmp_path: Path) -> None:
     # needs-upgrademe requires upgrademe: the other local file provides it.
     files = [local_copy(tmp_path, "upgrademe", "1.0"), local_copy(tmp_path, "needs-upgrademe")]
-    lulayer(sysroot, "install", *map(str, files), "htop", "--live")
+    lulayer(sysroot, "install", str(files[0]), f"file://{files[1]}", "htop", "--live")  # file:// as rpm-ostree
     live = booted(sysroot)
     assert chroot(live, "upgrademe", check=True).stdout.strip() == "upgrademe 1.0"
     assert (live / "usr/bin/htop").is_file() and (live / "usr/share/needs-upgrademe/README").is_file()
