@@ -28,7 +28,7 @@ import rpm
 from gi.repository import Gio, GLib, OSTree
 
 from lulayer.errors import LulayerError, ResolveError
-from lulayer.layering.verify import _rpm_log
+from lulayer.layering.verify import _rpm_log, payload_matches
 from lulayer.rpmdb.model import Package
 from lulayer.sysroot import Origin
 
@@ -37,7 +37,6 @@ CACHE_DIR = "local"  # under the sysroot's cache: the stored files taken out for
 _LEAD_SIZE = 96
 _HEADER_MAGIC = b"\x8e\xad\xe8\x01"
 _ENTRY = re.compile(r"(?P<sha256>[0-9a-f]{64}):(?P<nevra>\S+)")
-_PGP_HASHES = {1: "md5", 2: "sha1", 8: "sha256", 9: "sha384", 10: "sha512", 11: "sha224"}
 
 
 @dataclass(frozen=True)
@@ -132,7 +131,7 @@ def read_local(spec: str) -> LocalPackage:
                 why = next((w for w in said().split("error: ") if "BAD" in w), str(e)).strip()
                 raise LulayerError(f"{spec} is corrupt: its header does not match its digests ({why})",
                                    hint="download the package again") from e
-        if not _payload_matches(fd, hdr):
+        if not payload_matches(fd, hdr, undigested=True):  # nothing to check an older package against
             raise LulayerError(f"{spec} is corrupt: its payload does not match the digest its header names",
                                hint="download the package again")
     finally:
@@ -146,18 +145,6 @@ def read_local(spec: str) -> LocalPackage:
     with open(path, "rb") as f:
         sha = hashlib.sha256(f.read(size)).hexdigest()
     return LocalPackage(pkg, sha)
-
-
-def _payload_matches(fd: int, hdr: rpm.hdr) -> bool:
-    """The bytes after the header against the payload digest the header names (rpm 4.14 and later)."""
-    algo = _PGP_HASHES.get(hdr[rpm.RPMTAG_PAYLOADDIGESTALGO] or 0)
-    expected = hdr[rpm.RPMTAG_PAYLOADDIGEST] or []
-    if algo is None or not expected:
-        return True  # an older package: nothing to check it against
-    h = hashlib.new(algo)
-    while chunk := os.read(fd, 1 << 20):
-        h.update(chunk)
-    return h.hexdigest() in expected
 
 
 def _file_name(nevra: str) -> str:

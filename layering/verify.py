@@ -140,18 +140,20 @@ def _check_signed(path: Path, repo: RepoConfig, ts: Any) -> None:
         if not any(hdr[tag] for tag in _HEADER_SIGNATURES):
             raise bad if any(hdr[tag] for tag in _LEGACY_SIGNATURES) else unsigned
         # rpm leaves the file offset where the header ends: the payload follows.
-        if not _payload_matches(fd, hdr):
+        if not payload_matches(fd, hdr):
             log.debug("%s: the payload differs from the digest its signed header names", path)
             raise bad
     finally:
         os.close(fd)
 
 
-def _payload_matches(fd: int, hdr: Any) -> bool:
+def payload_matches(fd: int, hdr: Any, *, undigested: bool = False) -> bool:
+    """The bytes from fd's offset on (the payload, once rpm has read the header) against the payload
+    digest the header names; a package from before rpm 4.14 names none: undigested is the answer."""
     algo = _PGP_HASHES.get(hdr[rpm.RPMTAG_PAYLOADDIGESTALGO] or 0)
     expected = hdr[rpm.RPMTAG_PAYLOADDIGEST] or []
     if algo is None or not expected:
-        return False  # a package from before rpm 4.14: its signed header does not cover the payload
+        return undigested
     h = hashlib.new(algo)
     while chunk := os.read(fd, 1 << 20):
         h.update(chunk)
