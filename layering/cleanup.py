@@ -11,10 +11,12 @@ from gi.repository import GLib
 from lulayer.apply.live import drop_stale_backing
 from lulayer.errors import SysrootError
 from lulayer.fsutil import opened_dir, remove_tree_at, tree_usage
+from lulayer.layering import localpkg
 from lulayer.layering.deploy import remove, write_base_refs
 from lulayer.layering.layer import base_commit_of
 from lulayer.layering.staged import drop as drop_staged
-from lulayer.sysroot import Sysroot
+from lulayer.layering.staged import read as read_staged
+from lulayer.sysroot import Origin, Sysroot
 
 
 def _remove_children(parent: str, keep: set[str]) -> tuple[list[str], int]:
@@ -66,8 +68,15 @@ def cleanup(sysroot: Sysroot, *, pending: bool, rollback: bool, repomd: bool) ->
     removed_bases, _ = _remove_children(str(sysroot.base_checkouts), bases)
     objects = sysroot.path / "ostree" / "repo" / "objects"
     before = tree_usage(objects, linked_elsewhere=True)
-    # Before the prune: a layered deployment's base may be held by nothing else (deploy.py).
+    # Before the prune: a layered deployment's base may be held by nothing else (deploy.py), and
+    # a local package by nothing but its ref (localpkg.py).
     write_base_refs(sysroot)
+    staged = read_staged(sysroot)
+    origins = [*(d.origin for d in sysroot.deployments()),
+               *((Origin.from_data(staged.origin),) if staged is not None else ())]
+    localpkg.drop_unused(sysroot.repo, origins)
+    _remove_children(str(cache / localpkg.CACHE_DIR), {localpkg.cached_name(e) for o in origins
+                                                       for e in o.requested_local})
     try:
         # Deployment folders no longer listed, old boot folders, unreferenced objects.
         sysroot.ostree.cleanup(None)

@@ -109,9 +109,11 @@ def compose(repo: OSTree.Repo, scratch_dir: Path, req: ComposeRequest) -> str:
     for d in dirs.values():
         d.mkdir(parents=True)
     installed = scratch / "packages.json"  # the new tree's rpmdb as the child reads it
+    base_db = commit_dir_names(repo, req.base_commit, req.dbpath)
     try:
         try:
-            run_in_child("lulayer-compose", lambda: _transaction(req, dirs, installed), new_mount_namespace=True)
+            run_in_child("lulayer-compose", lambda: _transaction(req, dirs, installed, base_db),
+                         new_mount_namespace=True)
         except LulayerError as e:
             raise ComposeError(f"composing the new tree failed: {e.message}", hint=e.hint) from e
         packages = tuple(Package(*p) for p in json.loads(installed.read_text()))
@@ -131,8 +133,23 @@ def _is_opaque(path: Path) -> bool:
         return False
 
 
+def commit_dir_names(repo: OSTree.Repo, commit: str, path: PurePosixPath) -> frozenset[str]:
+    """The names directly in path of commit (read from the repository, not a checkout)."""
+    _, root, _ = repo.read_commit(commit, None)
+    names = set()
+    try:
+        enum = root.resolve_relative_path(str(path).lstrip("/")).enumerate_children(
+            "standard::name", Gio.FileQueryInfoFlags.NOFOLLOW_SYMLINKS, None)
+        names = {info.get_name() for info in enum}
+    except GLib.Error as e:
+        raise ComposeError(f"commit {commit[:12]} has no {path}: {e.message}") from e
+    return frozenset(names)
+
+
 def _apply_removals(mtree: OSTree.MutableTree, upper: Path, top_level: bool) -> None:
-    """Carry the overlay's whiteouts and opaque directories into mtree."""
+    """Carry the overlay's whiteouts and opaque directories into mtree, and take the
+    whiteouts out of upper: libostree refuses a device node in what it commits, and a name
+    the base lacks (a stray file masked in the lower layer) has nothing to remove."""
     with os.scandir(upper) as it:
         for entry in it:
             if top_level and entry.name in _SKIPPED_TOP:
@@ -140,6 +157,7 @@ def _apply_removals(mtree: OSTree.MutableTree, upper: Path, top_level: bool) -> 
             st = entry.stat(follow_symlinks=False)
             if _is_whiteout(st):
                 mtree.remove(entry.name, True)
+                os.unlink(entry.path)
             elif stat.S_ISDIR(st.st_mode):
                 if _is_opaque(Path(entry.path)):
                     mtree.remove(entry.name, True)
@@ -163,7 +181,7 @@ def _modifier(repo: OSTree.Repo, req: ComposeRequest, upper: Path, skip_top: boo
         # committed, a reader of a deployment would write through them into the repository.
         if p.parent == req.dbpath and p.name.endswith(_SQLITE_RUNTIME):
             return OSTree.RepoCommitFilterResult.SKIP
-        if info.get_file_type() == Gio.FileType.SPECIAL:  # whiteouts, handled above
+        if info.get_file_type() == Gio.FileType.SPECIAL:  # (whiteouts are gone: _apply_removals)
             return OSTree.RepoCommitFilterResult.SKIP
         return OSTree.RepoCommitFilterResult.ALLOW
 
@@ -286,7 +304,20 @@ _REPOMD = "{http://linux.duke.edu/metadata/repo}"
 
 # --- the forked child: mounts and the rpm transaction -----------------------------------
 
-def _transaction(req: ComposeRequest, dirs: dict[str, Path], installed: Path) -> None:
+def _mask_strays(db_dir: Path, base_names: frozenset[str]) -> None:
+    """Hide what lies in the checkout's rpmdb folder beyond the base commit's files.
+
+    A reader of a deployment's WAL rpmdb (`rpm --root DEPLOYMENT -qa`) leaves -shm and
+    -wal files in the checkout; sqlite would replay such a log into the database, so
+    the transaction must see the commit's rpmdb and nothing else. Removed on the
+    overlay, they become whiteouts of the upper layer, never written to the checkout.
+    """
+    with opened_dir(db_dir) as fd:
+        for name in sorted(set(os.listdir(fd)) - base_names):
+            remove_tree_at(fd, name)
+
+
+def _transaction(req: ComposeRequest, dirs: dict[str, Path], installed: Path, base_db: frozenset[str]) -> None:
     lower, merged = req.base_root, dirs["merged"]
     # Redirects and metacopy off: the upper layer must hold whole files and
     # real directories, since it is committed as it is.
@@ -303,6 +334,7 @@ def _transaction(req: ComposeRequest, dirs: dict[str, Path], installed: Path) ->
         target = merged / "dev" / node
         target.touch()
         mount(f"/dev/{node}", target, None, MS_BIND)
+    _mask_strays(merged / str(req.dbpath).lstrip("/"), base_db)
     install_rpms(merged, req.dbpath, req.rpms)
     make_readonly_safe(merged, req.dbpath)
     # Read where it was written: the upper layer already holds the rpmdb and its lock file, and a

@@ -14,6 +14,7 @@ import rpm
 
 from lulayer.errors import ResolveError
 from lulayer.layering.resolver import (
+    LOCAL_REPO_ID,
     Backend,
     RepoConfig,
     RepoConfigTree,
@@ -29,7 +30,7 @@ from lulayer.layering.resolver import (
     invalid_repo_config,
     metadata_error,
 )
-from lulayer.layering.verify import verify_downloads
+from lulayer.layering.verify import file_digest, verify_downloads
 from lulayer.progress import Progress, ProgressReport
 from lulayer.rpmdb.model import Package
 
@@ -129,7 +130,10 @@ class Dnf5Resolver:
             installed_q = libdnf5.rpm.PackageQuery(base)
             installed_q.filter_installed()
             installed = {p.get_name() for p in installed_q}
+            gone = _keep_offered(base, request.keep)
             goal = libdnf5.base.Goal(base)
+            for _path, local in base.get_repo_sack().add_cmdline_packages([str(p) for p in request.local]).items():
+                goal.add_rpm_install(local)
             for spec in request.install:
                 matched = libdnf5.rpm.PackageQuery(base)
                 matched.filter_available()
@@ -149,9 +153,12 @@ class Dnf5Resolver:
             rpm.delMacro("_dbpath")
         self._base, self._packages = base, inbound
         resolved = tuple(
-            ResolvedPackage(_package(p), p.get_repo_id(), p.get_location(), _checksum(p)) for p in inbound
+            ResolvedPackage(_package(p), p.get_repo_id(), p.get_location(),
+                            _checksum(p) if p.get_repo_id() != LOCAL_REPO_ID else
+                            f"sha256:{file_digest(Path(p.get_package_path()), 'sha256')}")
+            for p in inbound
         )
-        return Resolution(install=tuple(sorted(resolved, key=lambda r: r.package)), repos=repos)
+        return Resolution(install=tuple(sorted(resolved, key=lambda r: r.package)), repos=repos, gone=gone)
 
     def download(self, resolution: Resolution, progress: Progress | None = None) -> tuple[Path, ...]:
         if self._base is None:
@@ -172,6 +179,25 @@ class Dnf5Resolver:
         paths = tuple(by_nevra[str(r.package)] for r in resolution.install)
         verify_downloads(resolution, paths)
         return paths
+
+
+def _keep_offered(base: Any, keep: tuple[Package, ...]) -> tuple[Package, ...]:
+    """Exclude the other builds of each package of keep that the repositories still offer; return
+    those they do not offer (the resolver picks what it finds for them)."""
+    gone = []
+    for p in keep:
+        same_name = libdnf5.rpm.PackageQuery(base)
+        same_name.filter_available()
+        same_name.filter_name([p.name])
+        same_name.filter_arch([p.arch])
+        offered = libdnf5.rpm.PackageQuery(same_name)
+        offered.filter_nevra([p.nevra])
+        if offered.empty():
+            gone.append(p)
+            continue
+        same_name.difference(offered)
+        base.get_rpm_package_sack().add_user_excludes(same_name)
+    return tuple(gone)
 
 
 def _read_repos(base: Any, tree: RepoConfigTree, log_records: _LogRecords) -> tuple[RepoConfig, ...]:

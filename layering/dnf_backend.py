@@ -19,6 +19,7 @@ import rpm
 
 from lulayer.errors import ResolveError
 from lulayer.layering.resolver import (
+    LOCAL_REPO_ID,
     Backend,
     RepoConfig,
     RepoConfigTree,
@@ -35,7 +36,7 @@ from lulayer.layering.resolver import (
     metadata_error,
     one_line,
 )
-from lulayer.layering.verify import verify_downloads
+from lulayer.layering.verify import file_digest, verify_downloads
 from lulayer.progress import Progress, ProgressReport
 from lulayer.rpmdb.model import Package
 
@@ -109,6 +110,9 @@ class DnfResolver:
             except dnf.exceptions.RepoError as e:
                 raise metadata_error(e) from e
             installed = {p.name for p in base.sack.query().installed()}
+            gone = _keep_offered(base, request.keep)
+            for local in base.add_remote_rpms([str(p) for p in request.local], strict=True):
+                base.package_install(local, strict=True)
             for spec in request.install:
                 matched = dnf.subject.Subject(spec).get_best_query(base.sack, with_provides=True).available()
                 check_spec(spec, {p.name for p in matched}, installed)
@@ -125,13 +129,14 @@ class DnfResolver:
                               [_package(p) for p in trans.install_set])
             resolved = tuple(
                 ResolvedPackage(package=_package(p), repo_id=p.reponame, location=p.location,
-                                checksum=_hawkey_chksum(p))
+                                checksum=_hawkey_chksum(p) if p.reponame != LOCAL_REPO_ID else
+                                f"sha256:{file_digest(Path(p.localPkg()), 'sha256')}")
                 for p in trans.install_set
             )
         finally:
             rpm.delMacro("_dbpath")
         self._base = base
-        return Resolution(install=tuple(sorted(resolved, key=lambda r: r.package)), repos=repos)
+        return Resolution(install=tuple(sorted(resolved, key=lambda r: r.package)), repos=repos, gone=gone)
 
     def download(self, resolution: Resolution, progress: Progress | None = None) -> tuple[Path, ...]:
         if self._base is None:
@@ -159,6 +164,20 @@ class DnfResolver:
         paths = tuple(Path(p.localPkg()) for p in pkgs)
         verify_downloads(resolution, paths)
         return paths
+
+
+def _keep_offered(base: Any, keep: tuple[Package, ...]) -> tuple[Package, ...]:
+    """Exclude the other builds of each package of keep that the repositories still offer; return
+    those they do not offer (the resolver picks what it finds for them)."""
+    gone = []
+    for p in keep:
+        same_name = base.sack.query().available().filter(name=p.name, arch=p.arch)
+        offered = same_name.filter(epoch=p.epoch, version=p.version, release=p.release)
+        if offered:
+            base.sack.add_excludes(same_name.difference(offered))
+        else:
+            gone.append(p)
+    return tuple(gone)
 
 
 def _read_repos(base: Any, tree: RepoConfigTree, releasever: str) -> tuple[RepoConfig, ...]:

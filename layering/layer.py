@@ -2,15 +2,17 @@
 
 Every new deployment is composed from the base commit plus every requested
 package, as rpm-ostree does, so a package removed from the request leaves no
-trace and its dependencies go with it. Packages already layered keep the
-version they have unless the operation is an upgrade.
+trace and its dependencies go with it. Packages already layered, and their
+dependencies, keep the build they have while the enabled repositories offer it
+(rpm-ostree issue 5323: no unrelated upgrades); one the repositories dropped moves
+to what they offer, with a note; an upgrade moves everything.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path, PurePosixPath
@@ -21,9 +23,11 @@ from lulayer import signals
 from lulayer.errors import LulayerError, ResolveError
 from lulayer.fsutil import remove_path
 from lulayer.layering import compose as composer
+from lulayer.layering import localpkg
 from lulayer.layering.deploy import deploy
 from lulayer.layering.resolver import (
     RepoConfigTree,
+    Resolution,
     Resolver,
     ResolveRequest,
     make_resolver,
@@ -182,6 +186,21 @@ def _releasever(root: Path) -> str:
     return "rawhide"
 
 
+def moved_notes(keep: Sequence[Package], resolution: Resolution) -> tuple[str, ...]:
+    """What the user should know of the layered packages that did not keep their builds: gone from
+    the repositories, or moved because a new request needs another build."""
+    now = {r.package.name: r.package for r in resolution.install}
+    gone = set(resolution.gone)
+    notes = []
+    for old in keep:
+        new = now.get(old.name)
+        if new is None or new == old:
+            continue
+        why = "is no longer offered" if old in gone else "is not what the request needs"
+        notes.append(f"{old.name} {old.evr} {why}; moving to {new.evr}")
+    return tuple(notes)
+
+
 def layered_packages(sysroot: Sysroot, commit: str, dbpath: PurePosixPath) -> tuple[Package, ...]:
     """Packages commit has that its base commit lacks."""
     base = base_commit_of(sysroot.repo, commit)
@@ -213,6 +232,24 @@ class Layering:
         if not names:
             raise LulayerError("no package named", hint="lulayer install PKG...")
         merge = self.sysroot.merge_deployment()
+        files = {localpkg.local_path(n): localpkg.read_local(n) for n in names if localpkg.is_local_spec(n)}
+        names = tuple(n for n in names if not localpkg.is_local_spec(n))
+        local = set(merge.origin.requested_local)
+        taken = {localpkg.package_of(localpkg.parse_entry(e)[1]).name for e in local}
+        for path, lp in files.items():
+            if lp.entry in local and not idempotent:
+                raise LulayerError(f"already requested: {lp.package.nevra}",
+                                   hint="pass --idempotent to make this a no-op")
+            if lp.entry not in local and (lp.package.name in taken or lp.package.name in merge.origin.requested):
+                raise LulayerError(f"{path}: {lp.package.name} is layered already",
+                                   hint=f"uninstall {lp.package.name} first")
+        new_files = {p: lp for p, lp in files.items() if lp.entry not in local}
+        if not names:
+            if not new_files:
+                return LayerResult(PackageChanges(), tuple(sorted(merge.origin.requested)), dry_run=dry_run,
+                                   message="already requested; nothing to do", previous=merge.origin.requested)
+            return self._layer(merge, set(merge.origin.requested), dry_run=dry_run, upgrade=False, stage=stage,
+                               new_files=new_files)
         current = set(merge.origin.requested)
         already = [n for n in names if n in current]
         if already and not (idempotent or latest):
@@ -225,7 +262,7 @@ class Layering:
                                previous=merge.origin.requested)
         return self._layer(merge, current | set(new), dry_run=dry_run, upgrade=False, stage=stage,
                            new=frozenset(new), allow_inactive=allow_inactive,
-                           fresh=frozenset(names) if latest else frozenset())
+                           fresh=frozenset(names) if latest else frozenset(), new_files=new_files)
 
     def uninstall(self, names: Sequence[str], *, remove_all: bool = False, idempotent: bool = False,
                   dry_run: bool = False, stage: bool = False) -> LayerResult:
@@ -234,11 +271,21 @@ class Layering:
         list in a script must not remove everything."""
         names = split_specs(names)
         merge = self.sysroot.merge_deployment()
+        # A local package is uninstalled by its name or NEVRA.
+        local = {e: localpkg.parse_entry(e)[1] for e in merge.origin.requested_local}
+        dropped = {e for e, nevra in local.items() if remove_all or nevra in names
+                   or localpkg.package_of(nevra).name in names}
+        matched = {n for n in names for nevra in (local[e] for e in dropped)
+                   if n in (nevra, localpkg.package_of(nevra).name)}
+        names = tuple(n for n in names if n not in matched)
+        if dropped and not names:
+            return self._layer(merge, set(merge.origin.requested), dry_run=dry_run, upgrade=False, stage=stage,
+                               local=tuple(sorted(set(local) - dropped)))
         current = set(merge.origin.requested)
         nothing = LayerResult(PackageChanges(), tuple(sorted(current)), dry_run=dry_run,
                               previous=merge.origin.requested)
         if remove_all:
-            if not current:
+            if not current and not dropped:
                 if idempotent:
                     return replace(nothing, message="no package is layered; nothing to do")
                 raise LulayerError("no package is layered", hint="nothing to uninstall")
@@ -257,7 +304,8 @@ class Layering:
             what = "; ".join(f"{n} is part of the base image" if n in in_base else f"{n} is not layered"
                              for n in missing)
             raise LulayerError(what, hint="only layered packages can be uninstalled; `lulayer status` lists them")
-        return self._layer(merge, current - set(names), dry_run=dry_run, upgrade=False, stage=stage)
+        return self._layer(merge, current - set(names), dry_run=dry_run, upgrade=False, stage=stage,
+                           local=tuple(sorted(set(local) - dropped)))
 
     def upgrade(self, *, dry_run: bool = False, stage: bool = False) -> LayerResult:
         merge = self.sysroot.merge_deployment()
@@ -288,12 +336,15 @@ class Layering:
 
     def _layer(self, merge: Deployment, requested: set[str], *, dry_run: bool, upgrade: bool, stage: bool,
                new: frozenset[str] = frozenset(), allow_inactive: bool = True,
-               fresh: frozenset[str] = frozenset()) -> LayerResult:
+               fresh: frozenset[str] = frozenset(), local: tuple[str, ...] | None = None,
+               new_files: Mapping[Path, localpkg.LocalPackage] | None = None) -> LayerResult:
         """Compose the base (upgrade: the newest commit of the origin, _upgrade_base) plus requested.
 
         Layered packages keep their versions, except with upgrade and those named in fresh,
         which resolve to the newest. Requests the base provides are inactive: kept in the
-        origin, not layered (refused for the new ones unless allow_inactive)."""
+        origin, not layered (refused for the new ones unless allow_inactive). Local packages:
+        the origin's requested-local entries (local, when given, instead), taken out of the
+        OSTree repository, and new_files, stored there once resolved."""
         sysroot, repo = self.sysroot, self.sysroot.repo
         composer.clean_stale_scratch(sysroot.compose_scratch)
         merge_base = base = base_commit_of(repo, merge.checksum)
@@ -304,6 +355,12 @@ class Layering:
         dbpath = tree_dbpath(base_root)
         old_pkgs = commit_packages(repo, merge.checksum, dbpath)
         req_sorted = tuple(sorted(requested))
+        new_files = dict(new_files or {})
+        local_entries = tuple(sorted({*(merge.origin.requested_local if local is None else local),
+                                      *(lp.entry for lp in new_files.values())}))
+        local_files = (*(localpkg.retrieve(repo, e, sysroot.cache_dir / localpkg.CACHE_DIR)[1]
+                         for e in local_entries if e not in {lp.entry for lp in new_files.values()}),
+                       *(p.absolute() for p in new_files))
         with snapshot(base_root / str(dbpath).lstrip("/"), dbpath) as installed_root:
             base_pkgs = read_packages(installed_root, dbpath)
             provided = {n: found for n in req_sorted if (found := providers(installed_root, dbpath, n))}
@@ -317,25 +374,26 @@ class Layering:
                              inactive=tuple(sorted(provided)), notes=notes)
             resolution = None
             reuse = (not upgrade and not fresh and base == merge_base and merge.checksum != merge_base
-                     and set(active) == set(layered_requests_of(repo, merge.checksum)))
+                     and set(active) == set(layered_requests_of(repo, merge.checksum))
+                     and local_entries == tuple(sorted(merge.origin.requested_local)))
             if reuse:  # the same packages on the same base (only inactive requests changed): the same commit
                 new_pkgs = old_pkgs
-            elif active:
-                layered_now = {p.name: p for p in layered_packages(sysroot, merge.checksum, dbpath)}
-                specs = tuple(
-                    layered_now[n].nevra if (n in layered_now and not upgrade and n not in fresh) else n
-                    for n in active
-                )
-                resolution = self.resolver.resolve(ResolveRequest(
+            elif active or local_files:
+                keep = () if upgrade else tuple(
+                    p for p in layered_packages(sysroot, merge.checksum, dbpath) if p.name not in fresh)
+                request = ResolveRequest(
                     installed_root=installed_root, dbpath=dbpath, repos=RepoConfigTree(sysroot.booted().path),
-                    cache_dir=sysroot.cache_dir, releasever=_releasever(base_root), install=specs,
-                ))
+                    cache_dir=sysroot.cache_dir, releasever=_releasever(base_root), install=active, keep=keep,
+                    local=local_files,
+                )
+                resolution = self._resolve_keeping(request)
                 new_pkgs = tuple(sorted((*base_pkgs, *(r.package for r in resolution.install))))
+                notes = (*notes, *moved_notes(keep, resolution))
             else:
                 new_pkgs = base_pkgs
             changes = PackageChanges.between(old_pkgs, new_pkgs)
             if (upgrade or fresh) and changes.empty and base == merge_base and req_sorted == tuple(
-                    sorted(merge.origin.requested)):
+                    sorted(merge.origin.requested)) and local_entries == tuple(sorted(merge.origin.requested_local)):
                 message = ("No upgrade available." if upgrade else
                            f"already at the newest versions: {', '.join(sorted(fresh))}; nothing to do")
                 return result(changes, dry_run=dry_run, message=message)
@@ -343,7 +401,9 @@ class Layering:
                 return result(changes, dry_run=True)
             rpms = self.resolver.download(resolution, self.progress) if resolution is not None else ()
         signals.checkpoint()
-        origin = merge.origin.with_requested(req_sorted)
+        for path, lp in new_files.items():
+            localpkg.store(repo, path, lp)
+        origin = merge.origin.with_requested(req_sorted, local_entries)
         done = partial(replace, previous=merge.origin.requested, inactive=tuple(sorted(provided)), notes=notes)
         if resolution is None:  # nothing to compose: the base image itself, or the merge commit again
             commit = merge.checksum if reuse else base
@@ -357,6 +417,16 @@ class Layering:
         ))
         signals.checkpoint()  # the new commit has no ref yet: a later prune removes it
         return done(self._deploy(commit, origin, merge, changes, req_sorted, stage))
+
+    def _resolve_keeping(self, request: ResolveRequest) -> Resolution:
+        """Resolve with the layered packages kept at their builds; where that cannot be (a new request
+        needs a newer build of one), resolve without keeping them, as dnf would upgrade it."""
+        try:
+            return self.resolver.resolve(request)
+        except ResolveError:
+            if not request.keep:
+                raise
+        return self.resolver.resolve(replace(request, keep=()))
 
     def _deploy(self, commit: str, origin: Origin, merge: Deployment, changes: PackageChanges,
                 requested: tuple[str, ...], stage: bool) -> LayerResult:

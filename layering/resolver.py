@@ -26,6 +26,9 @@ from lulayer.errors import ResolveError
 from lulayer.progress import Progress
 from lulayer.rpmdb.model import Package
 
+# The repository id dnf and libdnf5 give packages read from files (HY_CMDLINE_REPO_NAME).
+LOCAL_REPO_ID = "@commandline"
+
 
 class Backend(StrEnum):
     DNF5 = "libdnf5"
@@ -82,10 +85,13 @@ class ResolvedPackage:
 class ResolveRequest:
     """Install `install` onto the tree whose rpmdb snapshot is `installed_root`.
 
-    Specs are package names or full NEVRAs (to keep a layered package at the
-    version it has). `installed_root` is a private root holding a copy of the
-    base rpmdb at `dbpath`. `repos` is the tree whose repository configuration
-    is read; `releasever` is substituted for $releasever in it.
+    Specs are package names, capabilities or full NEVRAs. `keep` are packages layered
+    today: each stays at the build it has as long as the enabled repositories still
+    offer that build (the backend hides the name's other builds, as dnf keeps an
+    installed package rather than upgrading it), and resolves as any other name where
+    they do not. `installed_root` is a private root holding a copy of the base rpmdb at
+    `dbpath`. `repos` is the tree whose repository configuration is read;
+    `releasever` is substituted for $releasever in it.
     """
 
     installed_root: Path
@@ -94,14 +100,18 @@ class ResolveRequest:
     cache_dir: Path
     releasever: str
     install: tuple[str, ...]
+    keep: tuple[Package, ...] = ()
+    local: tuple[Path, ...] = ()  # RPM files to install as they are (their dependencies come from the repositories)
 
 
 @dataclass(frozen=True)
 class Resolution:
-    """The packages to add to the base, in no particular order, and the enabled repositories they came from."""
+    """The packages to add to the base, in no particular order, and the enabled repositories they came from;
+    `gone`: the packages of the request's `keep` whose build no enabled repository offers any more."""
 
     install: tuple[ResolvedPackage, ...] = field(default_factory=tuple)
     repos: tuple[RepoConfig, ...] = field(default_factory=tuple)
+    gone: tuple[Package, ...] = field(default_factory=tuple)
 
 
 class Resolver(Protocol):

@@ -26,7 +26,7 @@ import rpm
 
 from lulayer.errors import ResolveError
 from lulayer.layering.compose import DROPPED_TOP
-from lulayer.layering.resolver import RepoConfig, Resolution
+from lulayer.layering.resolver import LOCAL_REPO_ID, RepoConfig, Resolution
 from lulayer.rpmdb.db import dbpath_macro
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,9 @@ def verify_downloads(resolution: Resolution, paths: Sequence[Path]) -> None:
                 f"expected {expected[:16]}...)",
                 hint="the repository or the cache is corrupt: run `lulayer cleanup --repomd` or fix the repository",
             )
-        if by_id[resolved.repo_id].gpgcheck:
+        if resolved.repo_id == LOCAL_REPO_ID:
+            check_local_signature(path, resolution.repos)
+        elif by_id[resolved.repo_id].gpgcheck:
             check_signature(path, by_id[resolved.repo_id])
         check_payload(path)
 
@@ -114,6 +116,14 @@ def check_signature(path: Path, repo: RepoConfig) -> None:
         _check_signed(path, repo, ts)
 
 
+def check_local_signature(path: Path, repos: Sequence[RepoConfig]) -> None:
+    """A local RPM file where the enabled repositories require signatures: signed with one of their keys."""
+    checked = [r for r in repos if r.gpgcheck]
+    if checked:
+        check_signature(path, RepoConfig(id=", ".join(r.id for r in checked), repofile="", gpgcheck=True,
+                                         gpgkeys=tuple(dict.fromkeys(k for r in checked for k in r.gpgkeys))))
+
+
 def _check_signed(path: Path, repo: RepoConfig, ts: Any) -> None:
     ts.setVSFlags(0)  # every digest and signature rpm can check on a header
     unsigned = ResolveError(f"{path.name} is not signed (repository {repo.id!r} has gpgcheck=1)", hint=_SIGNED_HINT)
@@ -130,18 +140,20 @@ def _check_signed(path: Path, repo: RepoConfig, ts: Any) -> None:
         if not any(hdr[tag] for tag in _HEADER_SIGNATURES):
             raise bad if any(hdr[tag] for tag in _LEGACY_SIGNATURES) else unsigned
         # rpm leaves the file offset where the header ends: the payload follows.
-        if not _payload_matches(fd, hdr):
+        if not payload_matches(fd, hdr):
             log.debug("%s: the payload differs from the digest its signed header names", path)
             raise bad
     finally:
         os.close(fd)
 
 
-def _payload_matches(fd: int, hdr: Any) -> bool:
+def payload_matches(fd: int, hdr: Any, *, undigested: bool = False) -> bool:
+    """The bytes from fd's offset on (the payload, once rpm has read the header) against the payload
+    digest the header names; a package from before rpm 4.14 names none: undigested is the answer."""
     algo = _PGP_HASHES.get(hdr[rpm.RPMTAG_PAYLOADDIGESTALGO] or 0)
     expected = hdr[rpm.RPMTAG_PAYLOADDIGEST] or []
     if algo is None or not expected:
-        return False  # a package from before rpm 4.14: its signed header does not cover the payload
+        return undigested
     h = hashlib.new(algo)
     while chunk := os.read(fd, 1 << 20):
         h.update(chunk)

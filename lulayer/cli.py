@@ -446,7 +446,7 @@ def _print_status(st: Status, verbose: bool, booted_only: bool = False) -> None:
         if verbose:
             click.echo(f"{'StateRoot':>19}: {d.osname}")
             click.echo(f"{'Deployment':>19}: {d.path}")
-        _print_requests(d.origin.requested, ds.inactive_requests)
+        _print_requests(d.origin.requested, ds.inactive_requests, d.origin.requested_local)
         if d.booted and st.live is not None:
             _print_live_status(st.live)
         if verbose and ds.layered:
@@ -465,16 +465,21 @@ def _print_status(st: Status, verbose: bool, booted_only: bool = False) -> None:
             click.echo(f"  - {p.nevra}")
 
 
-def _print_requests(requested: tuple[str, ...], inactive: tuple[str, ...]) -> None:
-    """LayeredPackages and InactiveRequests (requests the base image provides), as rpm-ostree names them."""
+def _print_requests(requested: tuple[str, ...], inactive: tuple[str, ...], local: tuple[str, ...] = ()) -> None:
+    """LayeredPackages, LocalPackages (by NEVRA) and InactiveRequests (requests the base image provides), as
+    rpm-ostree names them (src/app/rpmostree-builtin-status.cxx)."""
     layered = [r for r in requested if r not in inactive]
     if layered:
         click.echo(f"{'LayeredPackages':>19}: {' '.join(layered)}")
+    if local:
+        click.echo(f"{'LocalPackages':>19}: {' '.join(sorted(e.split(':', 1)[-1] for e in local))}")
     if inactive:
         click.echo(f"{'InactiveRequests':>19}: {' '.join(inactive)}")
 
 
 def _print_staged(ss: StagedStatus, verbose: bool) -> None:
+    from lulayer.sysroot import Origin
+
     state = ("being written" if ss.being_written else
              f"write failed: {ss.staged.error}" if ss.staged.error else
              "not written yet; `lulayer finalize` or a reboot writes it")
@@ -486,7 +491,7 @@ def _print_staged(ss: StagedStatus, verbose: bool) -> None:
     if ss.base_checksum != ss.staged.commit:
         click.echo(f"{'BaseCommit':>19}: {ss.base_checksum}")
     click.echo(f"{'Commit':>19}: {ss.staged.commit}")
-    _print_requests(ss.staged.requested, ss.inactive_requests)
+    _print_requests(ss.staged.requested, ss.inactive_requests, Origin.from_data(ss.staged.origin).requested_local)
     if verbose and ss.layered:
         click.echo(f"{'Packages':>19}: {' '.join(p.nevra for p in ss.layered)}")
     click.echo("")

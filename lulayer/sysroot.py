@@ -51,7 +51,8 @@ class Origin:
 
     The keys are rpm-ostree's (rust/src/origin.rs), so either tool reads the
     other's: ``[origin] refspec`` when nothing is layered, ``baserefspec`` when
-    something is, or ``container-image-reference`` either way; ``[packages] requested``.
+    something is, or ``container-image-reference`` either way; ``[packages] requested``, and
+    ``requested-local`` (``SHA256:NEVRA`` of each local RPM, layering/localpkg.py).
     Every other key of the file is kept as it is (``keyfile_data``). ``refspec`` is what
     rpm-ostree calls the refspec of either kind: an OSTree ref, a checksum, or the image
     reference exactly as the file has it.
@@ -61,6 +62,7 @@ class Origin:
     requested: tuple[str, ...] = ()
     keyfile_data: str = ""
     kind: RefspecKind = RefspecKind.OSTREE
+    requested_local: tuple[str, ...] = ()
 
     @classmethod
     def from_keyfile(cls, kf: GLib.KeyFile) -> Origin:
@@ -76,12 +78,10 @@ class Origin:
         else:
             raise SysrootError("the deployment's .origin has none of [origin] refspec, baserefspec, "
                                "container-image-reference", hint=_ORIGIN_HINT)
-        try:
-            requested = tuple(p for p in kf.get_string_list("packages", "requested") if p)
-        except GLib.Error:
-            requested = ()
+        requested = tuple(_keyfile_list(kf, "packages", "requested"))
+        local = tuple(_keyfile_list(kf, "packages", "requested-local"))
         data, _ = kf.to_data()
-        return cls(refspec=refspec, requested=requested, keyfile_data=data, kind=kind)
+        return cls(refspec=refspec, requested=requested, keyfile_data=data, kind=kind, requested_local=local)
 
     @classmethod
     def from_data(cls, data: str) -> Origin:
@@ -93,8 +93,10 @@ class Origin:
             raise SysrootError(f"a recorded .origin cannot be read: {e.message}") from e
         return cls.from_keyfile(kf)
 
-    def with_requested(self, requested: Sequence[str]) -> Origin:
-        return replace(self, requested=tuple(sorted(set(requested))))
+    def with_requested(self, requested: Sequence[str], local: Sequence[str] | None = None) -> Origin:
+        """With these requests (and these requested-local entries, when given)."""
+        return replace(self, requested=tuple(sorted(set(requested))),
+                       requested_local=self.requested_local if local is None else tuple(sorted(set(local))))
 
     def image(self) -> ImageReference:
         """The container image a container origin follows.
@@ -123,16 +125,17 @@ class Origin:
         kf = GLib.KeyFile()
         if self.keyfile_data:
             kf.load_from_data(self.keyfile_data, len(self.keyfile_data.encode()), GLib.KeyFileFlags.KEEP_COMMENTS)
-        if self.requested:
-            kf.set_string_list("packages", "requested", list(self.requested))
-        else:
-            _keyfile_remove(kf, "packages", "requested")
-            if kf.has_group("packages") and not kf.get_keys("packages")[0]:
-                kf.remove_group("packages")
-                # GLib keeps the blank line that parted the groups; rpm-ostree's file has none.
-                data = kf.to_data()[0].rstrip("\n") + "\n"
-                kf = GLib.KeyFile()
-                kf.load_from_data(data, len(data.encode()), GLib.KeyFileFlags.KEEP_COMMENTS)
+        for key, values in (("requested", self.requested), ("requested-local", self.requested_local)):
+            if values:
+                kf.set_string_list("packages", key, list(values))
+            else:
+                _keyfile_remove(kf, "packages", key)
+        if kf.has_group("packages") and not kf.get_keys("packages")[0]:
+            kf.remove_group("packages")
+            # GLib keeps the blank line that parted the groups; rpm-ostree's file has none.
+            data = kf.to_data()[0].rstrip("\n") + "\n"
+            kf = GLib.KeyFile()
+            kf.load_from_data(data, len(data.encode()), GLib.KeyFileFlags.KEEP_COMMENTS)
         if self.kind is RefspecKind.CONTAINER:
             if _keyfile_get(kf, "origin", "container-image-reference") != self.refspec:
                 kf.set_string("origin", "container-image-reference", self.refspec)

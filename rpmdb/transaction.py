@@ -107,10 +107,12 @@ def _dep_problem(p: Any) -> str:
 
 
 def make_readonly_safe(root: Path, dbpath: PurePosixPath) -> None:
-    """Leave an sqlite rpmdb in rollback-journal mode, as rpm-ostree does.
+    """Leave an sqlite rpmdb in rollback-journal mode, as rpm-ostree does (rust/src/normalization.rs
+    normalize_rpmdb: `journal_mode=DELETE` when an rpmdb.sqlite-shm is there, rpm issue 2219).
 
     rpm writes in WAL mode, and a WAL database cannot be opened at all on a
-    read-only file system, which is what /usr is on an OSTree system.
+    read-only file system, which is what /usr is on an OSTree system. Switching
+    checkpoints the log into the database and removes the -wal and -shm files.
     """
     db = root / str(dbpath).lstrip("/") / "rpmdb.sqlite"
     if not db.exists():

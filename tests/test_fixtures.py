@@ -39,6 +39,8 @@ REPO_NVRAS = {
     "cfgpkg-1.0-1.fc41.noarch",
     "bigfile-1.0-1.fc41.noarch",
     "kmodpkg-1.0-1.fc41.noarch",
+    "needs-upgrademe-1.0-1.fc41.noarch",
+    "needs-new-upgrademe-1.0-1.fc41.noarch",
 }
 ALL_NVRAS = BASE_NVRAS | REPO_NVRAS | {"upgrademe-2.0-1.fc41.x86_64", "typechange-2.0-1.fc41.noarch",
                                        "cfgpkg-2.0-1.fc41.noarch"}
