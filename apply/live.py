@@ -32,7 +32,7 @@ import os
 import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 from gi.repository import Gio, GLib
@@ -671,8 +671,10 @@ def _stopped(target: str, e: OSError | _Failed) -> LiveApplyError:
 
 
 def apply_live(sysroot: Sysroot, target: str, *, allow_replacement: bool = False,
-               allow_removal: bool = False, progress: Progress | None = None) -> LiveResult:
-    """Make the live /usr the target commit's; see the module docstring for the steps."""
+               allow_removal: bool = False, progress: Progress | None = None,
+               transient: live_state.Transient | None = None) -> LiveResult:
+    """Make the live /usr the target commit's; see the module docstring for the steps.
+    transient: the packages target holds for the running system only (recorded in the state)."""
     booted = sysroot.booted()
     st = live_state.read_state(sysroot, booted)
     if st.inprogress and st.inprogress != target:
@@ -683,6 +685,8 @@ def apply_live(sysroot: Sysroot, target: str, *, allow_replacement: bool = False
     source = st.commit
     resumed = st.inprogress is not None
     if source == target and not resumed:
+        if transient != st.transient:
+            live_state.write_state(sysroot, booted, replace(st, transient=transient))
         return LiveResult(source, target, PackageChanges())
     root = live_root(sysroot, booted)
     dbpath = tree_dbpath(root)
@@ -696,7 +700,7 @@ def apply_live(sysroot: Sysroot, target: str, *, allow_replacement: bool = False
         check_live_change(files, changes, _running_kernels(root, sysroot.folder), type_changes,
                           allow_replacement=allow_replacement, allow_removal=allow_removal)
     try:
-        live_state.write_state(sysroot, booted, live_state.begin(st, target))
+        live_state.write_state(sysroot, booted, live_state.begin(st, target, transient))
         fault("marked")
         with writable_usr(sysroot, booted) as (usr, exchange_ok):
             fault("overlay")
@@ -714,7 +718,7 @@ def apply_live(sysroot: Sysroot, target: str, *, allow_replacement: bool = False
         # is gone; every step so far is safe to redo.
         raise _stopped(target, e) from e
     replaced = bool(files.changed_files or files.removed_files)
-    live_state.write_state(sysroot, booted, live_state.finish(st, target, replaced))
+    live_state.write_state(sysroot, booted, live_state.finish(st, target, replaced, transient))
     notes = () if exchange_ok or not rpmdb_changed else (f"rpmdb {rpmdb}",)
     return LiveResult(
         source=source, target=target, changes=changes,
@@ -736,4 +740,4 @@ def finish_interrupted(sysroot: Sysroot, say: Callable[[str], None]) -> LiveResu
         say("Finishing the interrupted return of the live /usr to the booted commit")
         return reset(sysroot)
     say(f"Finishing the interrupted live update to {st.inprogress[:12]}")
-    return apply_live(sysroot, st.inprogress, allow_replacement=True, allow_removal=True)
+    return apply_live(sysroot, st.inprogress, allow_replacement=True, allow_removal=True, transient=st.transient)
