@@ -214,9 +214,12 @@ class Origin:
             if _keyfile_get(kf, "origin", "container-image-reference") != self.refspec:
                 kf.set_string("origin", "container-image-reference", self.refspec)
             return kf
-        for key in ("refspec", "baserefspec"):
-            _keyfile_remove(kf, "origin", key)
-        kf.set_string("origin", "baserefspec" if _may_require_local_assembly(kf) else "refspec", self.refspec)
+        key, other = ("baserefspec", "refspec") if _may_require_local_assembly(kf) else ("refspec", "baserefspec")
+        if _keyfile_get(kf, "origin", key) != self.refspec or _keyfile_get(kf, "origin", other) is not None:
+            # Rewritten only when it changes: GLib puts a new key after the blank line that ends the group.
+            for k in (key, other):
+                _keyfile_remove(kf, "origin", k)
+            kf.set_string("origin", key, self.refspec)
         return kf
 
 
