@@ -415,6 +415,10 @@ class Layering:
         packages the base lacks are inactive too, as in rpm-ostree."""
         sysroot, repo = self.sysroot, self.sysroot.repo
         overrides = merge.origin.overrides if overrides is None else overrides
+        if overrides.replace_local:  # dropping them silently would undo what the user asked for
+            raise LulayerError("the origin replaces base packages with local RPM files ([overrides] replace-local: "
+                               f"{' '.join(overrides.local_nevras)}), which lulayer does not compose yet",
+                               hint="`lulayer override reset --all` drops them, or use rpm-ostree")
         composer.clean_stale_scratch(sysroot.compose_scratch)
         merge_base = base = base_commit_of(repo, merge.checksum)
         notes: tuple[str, ...] = ()

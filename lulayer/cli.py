@@ -355,6 +355,10 @@ def override_replace(ctx: Context, packages: tuple[str, ...], source: str | None
                      allow_replacement: bool, as_json: bool, unchanged_exit_77: bool, reboot: bool,
                      assumeyes: bool) -> None:
     """Replace base PACKAGES with what the repository offers (--from repo=NAME); they follow it."""
+    files = [p for p in packages if p.endswith(".rpm")]  # rpm-ostree takes *.rpm as a file
+    if files:
+        raise LulayerError(f"replacing base packages with local RPM files ({files[0]}) is not supported yet",
+                           hint="put the package in a repository and pass --from repo=NAME")
     _override_command(ctx, live=live, allow_replacement=allow_replacement, dry_run=dry_run, as_json=as_json,
                       unchanged_exit_77=unchanged_exit_77, reboot=reboot,
                       replace_from=(_override_source(source), packages))

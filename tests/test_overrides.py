@@ -246,3 +246,29 @@ def test_override_replace_live_swaps_the_running_version(sysroot: Path, tmp_path
     assert rpm(base, "-q", "baseapp", check=True).stdout == "baseapp-2.0-1.fc41.noarch\n"
     fixture_build.reboot(sysroot)
     assert chroot(booted(sysroot), "baseapp", check=True).stdout == "baseapp 2.0\n"
+
+
+def test_local_rpm_replacement_is_refused_in_one_line(sysroot: Path) -> None:
+    state = State(sysroot)
+
+    proc = lulayer(sysroot, "override", "replace", str(fixture_build.rpm_path("baseapp")), check=False)
+
+    one_error_line(proc, "local RPM files", "baseapp-1.0-1.fc41.noarch.rpm")
+    state.assert_unchanged()
+
+
+def test_an_origin_with_local_replacements_is_refused_until_they_are_reset(sysroot: Path) -> None:
+    """rpm-ostree's replace-local entries (SHA256:NEVRA) are not composed yet: every change says so
+    rather than dropping them; `override reset --all` is the way out."""
+    origin = booted(sysroot).with_name(booted(sysroot).name + ".origin")
+    entry = f"{'0' * 64}:baseapp-2.0-1.fc41.noarch"
+    origin.write_text(origin.read_text() + f"\n[overrides]\nreplace-local={entry};\n")
+    state = State(sysroot)
+
+    one_error_line(lulayer(sysroot, "install", "htop", check=False), "replace-local", "baseapp-2.0-1.fc41.noarch")
+    state.assert_unchanged()
+    assert deployment_json(sysroot)["requested-base-local-replacements"] == ["baseapp-2.0-1.fc41.noarch"]
+
+    lulayer(sysroot, "override", "reset", "baseapp-2.0-1.fc41.noarch")
+
+    assert "[overrides]" not in origin_of(pending(sysroot))
