@@ -208,11 +208,12 @@ class Transaction:
                   dry_run: bool = False, live: bool = False, allow_replacement: bool = False) -> LayerOutcome:
         # Packages installed live only go from the running system; there is nothing to redeploy.
         names = split_specs(names)
+        self._recover()  # what a killed run left may change what is live
         transient = self._transient()
         dropped = tuple(n for n in names if live and transient is not None and n in transient.packages
                         and not dry_run)
-        if dropped and set(dropped) == set(names) and not remove_all:
-            return self._uninstall_transient(dropped)
+        if transient is not None and dropped and set(dropped) == set(names) and not remove_all:
+            return self._uninstall_transient(transient, dropped)
         rest = tuple(n for n in names if n not in dropped)
         # Removing what is uninstalled is what uninstall --live is for.
         return self._layer(lambda ly: ly.uninstall(rest, remove_all=remove_all, idempotent=idempotent,
@@ -342,12 +343,9 @@ class Transaction:
         return LayerOutcome(replace(nothing, message=TRANSIENT_NOTE), result, NextBoot.UNCHANGED,
                             needs_reboot=self.needs_reboot())
 
-    def _uninstall_transient(self, names: Sequence[str]) -> LayerOutcome:
+    def _uninstall_transient(self, transient: live_state.Transient, names: Sequence[str]) -> LayerOutcome:
         """uninstall --live of packages installed live only: the live /usr goes back to what it
         held without them; no deployment changes."""
-        self._recover()
-        transient = self._transient()
-        assert transient is not None
         requested = self.sysroot.merge_deployment().origin.requested
         result = self._apply_live(transient.base, allow_replacement=False, drop=names)
         return LayerOutcome(LayerResult(PackageChanges(), requested, previous=requested,
