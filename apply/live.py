@@ -32,7 +32,7 @@ import os
 import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 from gi.repository import Gio, GLib
@@ -768,10 +768,16 @@ def check_live(sysroot: Sysroot, target: str, *, allow_replacement: bool = False
 
 
 def apply_live(sysroot: Sysroot, target: str, *, allow_replacement: bool = False,
-               allow_removal: bool = False, progress: Progress | None = None) -> LiveResult:
-    """Make the live /usr the target commit's; see the module docstring for the steps."""
+               allow_removal: bool = False, progress: Progress | None = None,
+               transient: live_state.Transient | None = None) -> LiveResult:
+    """Make the live /usr the target commit's; see the module docstring for the steps.
+    transient: the packages target holds for the running system only (recorded in the state)."""
     plan = _plan(sysroot, target)
     if plan is None:
+        booted = sysroot.booted()
+        st = live_state.read_state(sysroot, booted)
+        if transient != st.transient:
+            live_state.write_state(sysroot, booted, replace(st, transient=transient))
         return LiveResult(target, target, PackageChanges())
     booted, st, root, dbpath, diff, changes = plan.booted, plan.state, plan.root, plan.dbpath, plan.diff, plan.changes
     source, files = plan.source, plan.files
@@ -782,7 +788,7 @@ def apply_live(sysroot: Sysroot, target: str, *, allow_replacement: bool = False
     try:
         reached(Stage.LIVE)
         with critical():
-            live_state.write_state(sysroot, booted, live_state.begin(st, target))
+            live_state.write_state(sysroot, booted, live_state.begin(st, target, transient))
         _step("marked")
         with writable_usr(sysroot, booted) as (usr, exchange_ok):
             _step("overlay")
@@ -801,7 +807,7 @@ def apply_live(sysroot: Sysroot, target: str, *, allow_replacement: bool = False
         # is gone; every step so far is safe to redo.
         raise _stopped(target, e) from e
     replaced = bool(files.changed_files or files.removed_files)
-    live_state.write_state(sysroot, booted, live_state.finish(st, target, replaced))
+    live_state.write_state(sysroot, booted, live_state.finish(st, target, replaced, transient))
     reached(Stage.LIVE_DONE)
     notes = () if exchange_ok or not rpmdb_changed else (f"rpmdb {rpmdb}",)
     return LiveResult(
@@ -824,4 +830,4 @@ def finish_interrupted(sysroot: Sysroot, say: Callable[[str], None]) -> LiveResu
         say("Finishing the interrupted return of the live /usr to the booted commit")
         return reset(sysroot)
     say(f"Finishing the interrupted live update to {st.inprogress[:12]}")
-    return apply_live(sysroot, st.inprogress, allow_replacement=True, allow_removal=True)
+    return apply_live(sysroot, st.inprogress, allow_replacement=True, allow_removal=True, transient=st.transient)

@@ -28,18 +28,32 @@ REF_INPROGRESS = "lulayer/live-apply-inprogress"
 
 
 @dataclass(frozen=True)
+class Transient:
+    """Packages applied to the running system only (`install --live --transient`): the live
+    commit is `base` (the next boot's commit, or the booted one) plus these requests, a commit
+    that is never deployed. The record goes with the rest of the live state at reboot."""
+
+    base: str
+    packages: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class LiveState:
     booted: str  # the booted commit
     commit: str  # what the live /usr holds now (the booted commit when nothing is live)
     inprogress: str | None = None  # the target of an update that has not finished
     replaced: bool = False  # files were changed or removed, not only added
+    transient: Transient | None = None  # what the live commit (or the target in progress) holds for now only
 
     @property
     def live(self) -> bool:
         return self.commit != self.booted or self.inprogress is not None
 
     def to_json(self) -> dict[str, object]:
-        return {"commit": self.commit, "inprogress": self.inprogress, "replaced": self.replaced}
+        transient = None if self.transient is None else {"base": self.transient.base,
+                                                         "packages": list(self.transient.packages)}
+        return {"commit": self.commit, "inprogress": self.inprogress, "replaced": self.replaced,
+                "transient": transient}
 
 
 def _set_ref(repo: OSTree.Repo, ref: str, commit: str | None) -> None:
@@ -58,11 +72,13 @@ def read_state(sysroot: Sysroot, booted: Deployment) -> LiveState:
     except (OSError, ValueError) as e:
         raise LiveApplyError(f"{path} is unreadable: {e}",
                              hint="run `lulayer apply-live --reset` to return to the booted commit") from e
+    transient = data.get("transient")
     return LiveState(
         booted=booted.checksum,
         commit=str(data.get("commit") or booted.checksum),
         inprogress=data.get("inprogress") or None,
         replaced=bool(data.get("replaced")),
+        transient=Transient(str(transient["base"]), tuple(transient["packages"])) if transient else None,
     )
 
 
@@ -105,10 +121,12 @@ def drop_stale_refs(sysroot: Sysroot, booted: Deployment) -> None:
             clear_state(sysroot, booted)
 
 
-def begin(state: LiveState, target: str) -> LiveState:
-    return replace(state, inprogress=target)
+def begin(state: LiveState, target: str, transient: Transient | None = None) -> LiveState:
+    """An update toward target under way; transient: what target holds for now only (recorded
+    with it, so that an interrupted update is finished with it)."""
+    return replace(state, inprogress=target, transient=transient)
 
 
-def finish(state: LiveState, target: str, replaced: bool) -> LiveState:
+def finish(state: LiveState, target: str, replaced: bool, transient: Transient | None = None) -> LiveState:
     return LiveState(booted=state.booted, commit=target, inprogress=None,
-                     replaced=state.replaced or replaced)
+                     replaced=state.replaced or replaced, transient=transient)

@@ -22,7 +22,7 @@ import os
 import stat
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import suppress
 from dataclasses import astuple, dataclass
 from pathlib import Path, PurePosixPath
@@ -62,6 +62,16 @@ class RepoStamp:
 
 
 @dataclass(frozen=True)
+class Replacement:
+    """A base package replaced by an override: `source` is "repo=NAME", or "" for a local RPM
+    (rpm-ostree's keys of rpmostree.replaced-base-remote-packages; src/libpriv/rpmostree-core.cxx)."""
+
+    new: Package
+    old: Package
+    source: str = ""
+
+
+@dataclass(frozen=True)
 class ComposeRequest:
     base_commit: str
     base_root: Path  # a checkout of base_commit (read-only lower layer)
@@ -70,6 +80,8 @@ class ComposeRequest:
     packages: tuple[Package, ...]  # what rpms hold, for the commit metadata
     requested: tuple[str, ...]
     repos: tuple[RepoStamp, ...] = ()  # the repositories resolved against, for the commit metadata
+    removed: tuple[Package, ...] = ()  # base packages an override removes (erased in the transaction)
+    replaced: tuple[Replacement, ...] = ()  # base packages an override replaces (rpms holds the new ones)
 
 
 # A client-layer commit as rpm-ostree writes it, so that rpm-ostree reads a deployment lulayer made
@@ -147,9 +159,10 @@ def commit_dir_names(repo: OSTree.Repo, commit: str, path: PurePosixPath) -> fro
 
 
 def _apply_removals(mtree: OSTree.MutableTree, upper: Path, top_level: bool) -> None:
-    """Carry the overlay's whiteouts and opaque directories into mtree, and take the
-    whiteouts out of upper: libostree refuses a device node in what it commits, and a name
-    the base lacks (a stray file masked in the lower layer) has nothing to remove."""
+    """Carry the overlay's whiteouts (a base file removed, e.g. by an override) and opaque
+    directories into mtree, and take the whiteouts out of upper: libostree refuses a device node
+    in what it commits, and a name the base lacks (a stray file masked in the lower layer) has
+    nothing to remove."""
     with os.scandir(upper) as it:
         for entry in it:
             if top_level and entry.name in _SKIPPED_TOP:
@@ -253,9 +266,12 @@ def clientlayer_metadata(req: ComposeRequest, base_meta: GLib.Variant,
     meta.insert_value("rpmostree.clientlayer_version", GLib.Variant("u", CLIENTLAYER_VERSION))
     meta.insert_value("rpmostree.packages", GLib.Variant("as", list(req.requested)))
     meta.insert_value("rpmostree.modules", GLib.Variant("as", []))
-    meta.insert_value("rpmostree.removed-base-packages", GLib.Variant("av", []))
-    meta.insert_value("rpmostree.replaced-base-packages", GLib.Variant("a(vv)", []))
-    meta.insert_value("rpmostree.replaced-base-remote-packages", GLib.Variant("a{sv}", {}))
+    meta.insert_value("rpmostree.removed-base-packages", GLib.Variant("av", [_nevra_variant(p) for p in req.removed]))
+    local = _replacements_variant(r for r in req.replaced if not r.source)
+    meta.insert_value("rpmostree.replaced-base-packages", local)
+    meta.insert_value("rpmostree.replaced-base-remote-packages", GLib.Variant("a{sv}", {
+        source: _replacements_variant(r for r in req.replaced if r.source == source)
+        for source in sorted({r.source for r in req.replaced if r.source})}))
     meta.insert_value("rpmostree.rpmdb.pkglist", GLib.Variant(
         "a(sssss)", [(p.name, str(p.epoch), p.version, p.release, p.arch) for p in rpmdb]))
     meta.insert_value("rpmostree.rpmmd-repos", GLib.Variant("aa{sv}", [
@@ -269,6 +285,18 @@ def clientlayer_metadata(req: ComposeRequest, base_meta: GLib.Variant,
     meta.insert_value("lulayer.requested", GLib.Variant("as", list(req.requested)))
     meta.insert_value("lulayer.packages", GLib.Variant("as", [p.nevra for p in req.packages]))
     return meta
+
+
+def _nevra_variant(p: Package) -> GLib.Variant:
+    """A package as rpm-ostree records it in the override keys: (nevra, name, epoch, version,
+    release, arch), "(sstsss)" (src/libpriv/rpmostree-core.cxx gv_nevra_from_pkg)."""
+    return GLib.Variant("(sstsss)", (p.nevra, p.name, p.epoch, p.version, p.release, p.arch))
+
+
+def _replacements_variant(replaced: Iterable[Replacement]) -> GLib.Variant:
+    """(new, old) pairs as rpm-ostree writes them: a(vv)."""
+    return GLib.Variant("a(vv)", [(_nevra_variant(r.new), _nevra_variant(r.old))
+                                  for r in sorted(replaced, key=lambda r: r.new)])
 
 
 def _dnf_package_cmp(a: Package, b: Package) -> int:
@@ -335,7 +363,7 @@ def _transaction(req: ComposeRequest, dirs: dict[str, Path], installed: Path, ba
         target.touch()
         mount(f"/dev/{node}", target, None, MS_BIND)
     _mask_strays(merged / str(req.dbpath).lstrip("/"), base_db)
-    install_rpms(merged, req.dbpath, req.rpms)
+    install_rpms(merged, req.dbpath, req.rpms, erase=tuple(p.name for p in req.removed))
     make_readonly_safe(merged, req.dbpath)
     # Read where it was written: the upper layer already holds the rpmdb and its lock file, and a
     # database in rollback-journal mode leaves nothing beside it after a read.

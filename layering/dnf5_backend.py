@@ -29,6 +29,7 @@ from lulayer.layering.resolver import (
     download_error,
     invalid_repo_config,
     metadata_error,
+    no_match_in_repo,
 )
 from lulayer.layering.verify import file_digest, verify_downloads
 from lulayer.progress import Progress, ProgressReport
@@ -134,6 +135,20 @@ class Dnf5Resolver:
             goal = libdnf5.base.Goal(base)
             for _path, local in base.get_repo_sack().add_cmdline_packages([str(p) for p in request.local]).items():
                 goal.add_rpm_install(local)
+            if request.exclude:  # removed from the base: nothing brings them back
+                excluded = libdnf5.rpm.PackageQuery(base)
+                excluded.filter_available()
+                excluded.filter_name(list(request.exclude))
+                base.get_rpm_package_sack().add_user_excludes(excluded)
+            for repo_id, name in request.replace:
+                offered = libdnf5.rpm.PackageQuery(base)
+                offered.filter_available()
+                offered.filter_name([name])
+                offered.filter_repo_id([repo_id])
+                offered.filter_latest_evr()
+                if offered.empty():
+                    raise no_match_in_repo(name, repo_id)
+                goal.add_rpm_install(offered)
             for spec in request.install:
                 matched = libdnf5.rpm.PackageQuery(base)
                 matched.filter_available()
@@ -148,7 +163,8 @@ class Dnf5Resolver:
             for tp in trans.get_transaction_packages():
                 is_inbound = libdnf5.base.transaction.transaction_item_action_is_inbound(tp.get_action())
                 (inbound if is_inbound else outbound).append(tp.get_package())
-            check_transaction(installed, [_package(p) for p in outbound], [_package(p) for p in inbound])
+            check_transaction(installed, [_package(p) for p in outbound], [_package(p) for p in inbound],
+                              {name for _, name in request.replace})
         finally:
             rpm.delMacro("_dbpath")
         self._base, self._packages = base, inbound

@@ -12,6 +12,7 @@ from typing import Any
 import dnf
 import dnf.callback
 import dnf.exceptions
+import dnf.selector
 import dnf.subject
 import hawkey
 import libdnf.conf  # type: ignore[import-untyped]
@@ -34,6 +35,7 @@ from lulayer.layering.resolver import (
     download_error,
     invalid_repo_config,
     metadata_error,
+    no_match_in_repo,
     one_line,
 )
 from lulayer.layering.verify import file_digest, verify_downloads
@@ -113,6 +115,13 @@ class DnfResolver:
             gone = _keep_offered(base, request.keep)
             for local in base.add_remote_rpms([str(p) for p in request.local], strict=True):
                 base.package_install(local, strict=True)
+            if request.exclude:  # removed from the base: nothing brings them back
+                base.sack.add_excludes(base.sack.query().available().filter(name=list(request.exclude)))
+            for repo_id, name in request.replace:
+                offered = base.sack.query().available().filter(name=name, reponame=repo_id).latest()
+                if not offered:
+                    raise no_match_in_repo(name, repo_id)
+                base._goal.install(select=dnf.selector.Selector(base.sack).set(pkg=offered))
             for spec in request.install:
                 matched = dnf.subject.Subject(spec).get_best_query(base.sack, with_provides=True).available()
                 check_spec(spec, {p.name for p in matched}, installed)
@@ -126,7 +135,7 @@ class DnfResolver:
                 raise depsolve_error(e) from e
             trans = base.transaction
             check_transaction(installed, [_package(p) for p in trans.remove_set],
-                              [_package(p) for p in trans.install_set])
+                              [_package(p) for p in trans.install_set], {name for _, name in request.replace})
             resolved = tuple(
                 ResolvedPackage(package=_package(p), repo_id=p.reponame, location=p.location,
                                 checksum=_hawkey_chksum(p) if p.reponame != LOCAL_REPO_ID else

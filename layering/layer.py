@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from dataclasses import replace as replace_fields
 from functools import partial
 from pathlib import Path, PurePosixPath
 
@@ -38,13 +39,18 @@ from lulayer.layering.staged import write as write_staged
 from lulayer.progress import Progress
 from lulayer.rpmdb.db import commit_packages, providers, read_packages, snapshot, tree_dbpath
 from lulayer.rpmdb.model import Package, PackageChanges
+from lulayer.rpmdb.transaction import UnmetDependencies, install_rpms
+from lulayer.run import run_in_child
 from lulayer.sysroot import (
     Deployment,
     Origin,
+    Overrides,
     RefspecKind,
+    RepoReplacement,
     Sysroot,
     commit_metadata,
     commit_timestamp,
+    nevra_name,
     resolve_ref,
 )
 
@@ -202,12 +208,51 @@ def moved_notes(keep: Sequence[Package], resolution: Resolution) -> tuple[str, .
 
 
 def layered_packages(sysroot: Sysroot, commit: str, dbpath: PurePosixPath) -> tuple[Package, ...]:
-    """Packages commit has that its base commit lacks."""
+    """Packages commit has that its base commit has none of the name of."""
     base = base_commit_of(sysroot.repo, commit)
     if base == commit:
         return ()
-    base_names = {p for p in commit_packages(sysroot.repo, base, dbpath)}
-    return tuple(p for p in commit_packages(sysroot.repo, commit, dbpath) if p not in base_names)
+    base_names = {p.name for p in commit_packages(sysroot.repo, base, dbpath)}
+    # A base package an override replaces is the base's, in another version: not layered.
+    return tuple(p for p in commit_packages(sysroot.repo, commit, dbpath) if p.name not in base_names)
+
+
+def remove_base_packages(root: Path, dbpath: PurePosixPath, packages: Sequence[Package]) -> None:
+    """Erase packages from the rpmdb of root (a snapshot: no file is touched), refusing when
+    another installed package needs one of them: what an override removal does to the
+    installed set, checked before anything is composed."""
+    try:
+        run_in_child("lulayer-rpmdb", lambda: install_rpms(root, dbpath, (), erase=[p.name for p in packages],
+                                                           justdb=True))
+    except UnmetDependencies as e:
+        names = " ".join(p.name for p in packages)
+        raise LulayerError(f"cannot remove {names} from the base image: {'; '.join(e.problems)}",
+                           hint=f"remove what needs it too (`lulayer override remove {names} PKG...`), "
+                                "or keep it") from e
+
+
+def _reset_overrides(ov: Overrides, specs: Sequence[str]) -> Overrides:
+    """ov without the overrides of specs (names, or the NEVRAs of replace-local entries), as
+    rpm-ostree's `override reset` (src/daemon/rpmostreed-transaction-types.cxx); one with none
+    is refused in rpm-ostree's words."""
+    remove, replace_local = list(ov.remove), list(ov.replace_local)
+    repos = [(r.repo, list(r.packages)) for r in ov.replace]
+    for spec in specs:
+        if spec in remove:
+            remove.remove(spec)
+            continue
+        local = next((e for e in replace_local if spec in (e.split(":", 1)[-1], nevra_name(e.split(":", 1)[-1]))),
+                     None)
+        if local is not None:
+            replace_local.remove(local)
+            continue
+        held = next((names for _, names in repos if spec in names), None)
+        if held is None:
+            raise LulayerError(f"No overrides for package '{spec}'",
+                               hint="`lulayer status` lists the overrides (RemovedBasePackages, LocalOverrides, "
+                                    "RemoteOverrides)")
+        held.remove(spec)
+    return Overrides(tuple(remove), tuple(RepoReplacement(r, tuple(n)) for r, n in repos if n), tuple(replace_local))
 
 
 class Layering:
@@ -287,7 +332,7 @@ class Layering:
         if remove_all:
             if not current and not dropped:
                 if idempotent:
-                    return replace(nothing, message="no package is layered; nothing to do")
+                    return replace_fields(nothing, message="no package is layered; nothing to do")
                 raise LulayerError("no package is layered", hint="nothing to uninstall")
             names = tuple(sorted(current))
         elif not names:
@@ -297,7 +342,7 @@ class Layering:
         if missing and idempotent:
             names = tuple(n for n in names if n in current)
             if not names:
-                return replace(nothing, message=f"not requested: {', '.join(missing)}; nothing to do")
+                return replace_fields(nothing, message=f"not requested: {', '.join(missing)}; nothing to do")
         elif missing:
             base = base_commit_of(self.sysroot.repo, merge.checksum)
             in_base = {p.name for p in commit_packages(self.sysroot.repo, base, tree_dbpath(merge.path))}
@@ -306,6 +351,84 @@ class Layering:
             raise LulayerError(what, hint="only layered packages can be uninstalled; `lulayer status` lists them")
         return self._layer(merge, current - set(names), dry_run=dry_run, upgrade=False, stage=stage,
                            local=tuple(sorted(set(local) - dropped)))
+
+    def override(self, *, remove: Sequence[str] = (), replace_from: tuple[str, Sequence[str]] | None = None,
+                 reset: Sequence[str] = (), reset_all: bool = False, dry_run: bool = False,
+                 stage: bool = False) -> LayerResult:
+        """Change the base image's overrides (rpm-ostree's `override`): remove base packages,
+        replace them with what the repository replace_from[0] offers, or reset (drop) overrides,
+        by name (reset_all: every one). The layered requests stay as they are."""
+        merge = self.sysroot.merge_deployment()
+        current = merge.origin.overrides
+        if reset_all:
+            if current.empty:
+                return LayerResult(PackageChanges(), merge.origin.requested, dry_run=dry_run,
+                                   message="no overrides; nothing to do", previous=merge.origin.requested)
+            return self._layer(merge, set(merge.origin.requested), dry_run=dry_run, upgrade=False, stage=stage,
+                               overrides=Overrides())
+        wanted = _reset_overrides(current, split_specs(reset))
+        remove, (repo_id, replace) = split_specs(remove), (replace_from or ("", ()))
+        if remove or replace:
+            base = self._base_packages(merge)
+            if remove:
+                wanted = replace_fields(wanted, remove=(*wanted.remove, *self._base_names(merge, base, wanted, remove)))
+            replace = split_specs(replace)
+            if replace:
+                wanted = replace_fields(wanted, replace=(*wanted.replace, RepoReplacement(
+                    repo_id, self._base_names(merge, base, wanted, replace))))
+        if not (remove or replace or reset):
+            raise LulayerError("no package named", hint="name the base packages to override")
+        return self._layer(merge, set(merge.origin.requested), dry_run=dry_run, upgrade=False, stage=stage,
+                           overrides=wanted)
+
+    def live_only(self, on: str, names: Sequence[str]) -> tuple[str, PackageChanges]:
+        """Compose names onto the commit on (what the running system holds, or will), for the
+        running system only: the new commit is never deployed and no origin changes. The
+        packages are only added; what on has stays as it is. Returns the commit and the change."""
+        sysroot, repo = self.sysroot, self.sysroot.repo
+        composer.clean_stale_scratch(sysroot.compose_scratch)
+        root = base_checkout(sysroot, on)
+        dbpath = tree_dbpath(root)
+        with snapshot(root / str(dbpath).lstrip("/"), dbpath) as installed_root:
+            old = read_packages(installed_root, dbpath)
+            resolution = self.resolver.resolve(ResolveRequest(
+                installed_root=installed_root, dbpath=dbpath, repos=RepoConfigTree(sysroot.booted().path),
+                cache_dir=sysroot.cache_dir, releasever=_releasever(root), install=tuple(names),
+            ))
+            changes = PackageChanges.between(old, (*old, *(r.package for r in resolution.install)))
+            rpms = self.resolver.download(resolution, self.progress)
+        commit = composer.compose(repo, sysroot.compose_scratch, composer.ComposeRequest(
+            base_commit=on, base_root=root, dbpath=dbpath, rpms=rpms,
+            packages=tuple(r.package for r in resolution.install), requested=tuple(names),
+            repos=composer.repo_stamps(sysroot.cache_dir, [r.id for r in resolution.repos]),
+        ))
+        return commit, changes
+
+    def _base_packages(self, merge: Deployment) -> tuple[Package, ...]:
+        repo = self.sysroot.repo
+        return commit_packages(repo, base_commit_of(repo, merge.checksum), tree_dbpath(merge.path))
+
+    @staticmethod
+    def _base_names(merge: Deployment, base: Sequence[Package], overrides: Overrides,
+                    specs: Sequence[str]) -> tuple[str, ...]:
+        """The base package names specs (names or NEVRAs) match, refused in rpm-ostree's words
+        (rpmostreed-transaction-types.cxx, rust/src/treefile.rs) when one matches none or has an
+        override already."""
+        by_spec = {p.name: p for p in base} | {p.nevra: p for p in base}
+        names = []
+        for spec in specs:
+            found = by_spec.get(spec)
+            if found is None:
+                if spec in merge.origin.requested:
+                    raise LulayerError(f"{spec} is a layered package, not part of the base image",
+                                       hint=f"`lulayer uninstall {spec}` removes it")
+                raise LulayerError(f'Package "{spec}" not found',
+                                   hint="only packages of the base image can be overridden")
+            if found.name in overrides.names() or found.name in names:
+                raise LulayerError(f"Override already exists for package '{spec}'",
+                                   hint=f"`lulayer override reset {found.name}` drops it first")
+            names.append(found.name)
+        return tuple(names)
 
     def upgrade(self, *, dry_run: bool = False, stage: bool = False) -> LayerResult:
         merge = self.sysroot.merge_deployment()
@@ -337,15 +460,23 @@ class Layering:
     def _layer(self, merge: Deployment, requested: set[str], *, dry_run: bool, upgrade: bool, stage: bool,
                new: frozenset[str] = frozenset(), allow_inactive: bool = True,
                fresh: frozenset[str] = frozenset(), local: tuple[str, ...] | None = None,
-               new_files: Mapping[Path, localpkg.LocalPackage] | None = None) -> LayerResult:
-        """Compose the base (upgrade: the newest commit of the origin, _upgrade_base) plus requested.
+               new_files: Mapping[Path, localpkg.LocalPackage] | None = None,
+               overrides: Overrides | None = None) -> LayerResult:
+        """Compose the base (upgrade: the newest commit of the origin, _upgrade_base) with its
+        overrides (the merge deployment's unless given) plus requested.
 
         Layered packages keep their versions, except with upgrade and those named in fresh,
         which resolve to the newest. Requests the base provides are inactive: kept in the
-        origin, not layered (refused for the new ones unless allow_inactive). Local packages:
+        origin, not layered (refused for the new ones unless allow_inactive). Overrides of
+        packages the base lacks are inactive too, as in rpm-ostree. Local packages:
         the origin's requested-local entries (local, when given, instead), taken out of the
         OSTree repository, and new_files, stored there once resolved."""
         sysroot, repo = self.sysroot, self.sysroot.repo
+        overrides = merge.origin.overrides if overrides is None else overrides
+        if overrides.replace_local:  # dropping them silently would undo what the user asked for
+            raise LulayerError("the origin replaces base packages with local RPM files ([overrides] replace-local: "
+                               f"{' '.join(overrides.local_nevras)}), which lulayer does not compose yet",
+                               hint="`lulayer override reset --all` drops them, or use rpm-ostree")
         composer.clean_stale_scratch(sysroot.compose_scratch)
         merge_base = base = base_commit_of(repo, merge.checksum)
         notes: tuple[str, ...] = ()
@@ -361,8 +492,15 @@ class Layering:
         local_files = (*(localpkg.retrieve(repo, e, sysroot.cache_dir / localpkg.CACHE_DIR)[1]
                          for e in local_entries if e not in {lp.entry for lp in new_files.values()}),
                        *(p.absolute() for p in new_files))
+        same_overrides = overrides == merge.origin.overrides
         with snapshot(base_root / str(dbpath).lstrip("/"), dbpath) as installed_root:
             base_pkgs = read_packages(installed_root, dbpath)
+            in_base = {p.name: p for p in base_pkgs}
+            removed = tuple(in_base[n] for n in sorted(overrides.remove) if n in in_base)
+            if removed:  # the installed set the resolver sees; refused when the base needs them
+                remove_base_packages(installed_root, dbpath, removed)
+                base_pkgs = tuple(p for p in base_pkgs if p not in removed)
+            replace = tuple((r.repo, n) for r in overrides.replace for n in r.packages if n in in_base)
             provided = {n: found for n in req_sorted if (found := providers(installed_root, dbpath, n))}
             refused = sorted(n for n in new if n in provided) if not allow_inactive else []
             if refused:
@@ -374,25 +512,28 @@ class Layering:
                              inactive=tuple(sorted(provided)), notes=notes)
             resolution = None
             reuse = (not upgrade and not fresh and base == merge_base and merge.checksum != merge_base
-                     and set(active) == set(layered_requests_of(repo, merge.checksum))
+                     and same_overrides and set(active) == set(layered_requests_of(repo, merge.checksum))
                      and local_entries == tuple(sorted(merge.origin.requested_local)))
             if reuse:  # the same packages on the same base (only inactive requests changed): the same commit
                 new_pkgs = old_pkgs
-            elif active or local_files:
+            elif active or local_files or replace:
                 keep = () if upgrade else tuple(
                     p for p in layered_packages(sysroot, merge.checksum, dbpath) if p.name not in fresh)
                 request = ResolveRequest(
                     installed_root=installed_root, dbpath=dbpath, repos=RepoConfigTree(sysroot.booted().path),
                     cache_dir=sysroot.cache_dir, releasever=_releasever(base_root), install=active, keep=keep,
-                    local=local_files,
+                    local=local_files, exclude=overrides.remove, replace=replace,
                 )
                 resolution = self._resolve_keeping(request)
-                new_pkgs = tuple(sorted((*base_pkgs, *(r.package for r in resolution.install))))
+                # A replacement takes the place of the base's package of its name.
+                replaced = {name for _, name in replace}
+                new_pkgs = tuple(sorted((*(p for p in base_pkgs if p.name not in replaced),
+                                         *(r.package for r in resolution.install))))
                 notes = (*notes, *moved_notes(keep, resolution))
             else:
                 new_pkgs = base_pkgs
             changes = PackageChanges.between(old_pkgs, new_pkgs)
-            if (upgrade or fresh) and changes.empty and base == merge_base and req_sorted == tuple(
+            if (upgrade or fresh) and changes.empty and base == merge_base and same_overrides and req_sorted == tuple(
                     sorted(merge.origin.requested)) and local_entries == tuple(sorted(merge.origin.requested_local)):
                 message = ("No upgrade available." if upgrade else
                            f"already at the newest versions: {', '.join(sorted(fresh))}; nothing to do")
@@ -403,17 +544,21 @@ class Layering:
         signals.checkpoint()
         for path, lp in new_files.items():
             localpkg.store(repo, path, lp)
-        origin = merge.origin.with_requested(req_sorted, local_entries)
-        done = partial(replace, previous=merge.origin.requested, inactive=tuple(sorted(provided)), notes=notes)
-        if resolution is None:  # nothing to compose: the base image itself, or the merge commit again
+        origin = merge.origin.with_requested(req_sorted, local_entries).with_overrides(overrides)
+        done = partial(replace_fields, previous=merge.origin.requested, inactive=tuple(sorted(provided)), notes=notes)
+        if resolution is None and (reuse or not removed):  # nothing to compose: the base, or the merge commit again
             commit = merge.checksum if reuse else base
             return done(self._deploy(commit, origin, merge, changes, req_sorted, stage))
-        if not resolution.install:
+        installs = resolution.install if resolution is not None else ()
+        if resolution is not None and not installs:
             raise ResolveError("the resolver selected no package", hint="check the requested names")
         commit = composer.compose(repo, sysroot.compose_scratch, composer.ComposeRequest(
             base_commit=base, base_root=base_root, dbpath=dbpath, rpms=rpms,
-            packages=tuple(r.package for r in resolution.install), requested=active,
-            repos=composer.repo_stamps(sysroot.cache_dir, [r.id for r in resolution.repos]),
+            packages=tuple(r.package for r in installs), requested=active,
+            repos=composer.repo_stamps(sysroot.cache_dir, [r.id for r in resolution.repos] if resolution else []),
+            removed=removed,
+            replaced=tuple(composer.Replacement(r.package, in_base[r.package.name], f"repo={r.repo_id}")
+                           for r in installs if r.package.name in in_base),
         ))
         signals.checkpoint()  # the new commit has no ref yet: a later prune removes it
         return done(self._deploy(commit, origin, merge, changes, req_sorted, stage))
@@ -426,7 +571,7 @@ class Layering:
         except ResolveError:
             if not request.keep:
                 raise
-        return self.resolver.resolve(replace(request, keep=()))
+        return self.resolver.resolve(replace_fields(request, keep=()))
 
     def _deploy(self, commit: str, origin: Origin, merge: Deployment, changes: PackageChanges,
                 requested: tuple[str, ...], stage: bool) -> LayerResult:

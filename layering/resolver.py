@@ -102,6 +102,10 @@ class ResolveRequest:
     install: tuple[str, ...]
     keep: tuple[Package, ...] = ()
     local: tuple[Path, ...] = ()  # RPM files to install as they are (their dependencies come from the repositories)
+    # Base overrides: names removed from the base, never to be pulled back in from a repository;
+    # (repository id, name) of base packages replaced by what that repository offers.
+    exclude: tuple[str, ...] = ()
+    replace: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -216,14 +220,22 @@ def check_spec(spec: str, matched: Set[str], installed: Set[str]) -> None:
                            hint="only packages the base lacks can be layered")
 
 
-def check_transaction(installed: Set[str], removes: Iterable[Package], installs: Iterable[Package]) -> None:
-    """Refuse a transaction that would remove or replace a package of the base: layering only adds."""
-    touched = [*removes, *(p for p in installs if p.name in installed)]
+def check_transaction(installed: Set[str], removes: Iterable[Package], installs: Iterable[Package],
+                      replaced: Set[str] = frozenset()) -> None:
+    """Refuse a transaction that would remove or replace a package of the base: layering only adds.
+    The base packages named in replaced are replaced on request (an override)."""
+    touched = [p for p in (*removes, *(p for p in installs if p.name in installed)) if p.name not in replaced]
     if touched:
         raise ResolveError(
             "layering would replace base packages: " + ", ".join(str(p) for p in touched),
             hint="replacing base packages is not supported",
         )
+
+
+def no_match_in_repo(name: str, repo: str) -> ResolveError:
+    """rpm-ostree's words for a replacement the repository lacks (src/libpriv/rpmostree-core.cxx)."""
+    return ResolveError(f"No matches for '{name}' in repo '{repo}'",
+                        hint="check the name and that the repository is enabled in /etc/yum.repos.d")
 
 
 def metadata_error(detail: str | BaseException) -> ResolveError:

@@ -69,6 +69,35 @@ def variant_json(v: GLib.Variant) -> object:
     return [variant_json(v.get_child_value(i)) for i in range(v.n_children())]
 
 
+def _package_of(v: object) -> Package | None:
+    """A package as rpm-ostree's override keys hold it, (nevra, name, epoch, version, release,
+    arch) (src/libpriv/rpmostree-core.cxx gv_nevra_from_pkg), read back from its JSON."""
+    if isinstance(v, list) and len(v) == 6:
+        _, name, epoch, version, release, arch = v
+        return Package(str(name), int(epoch), str(version), str(release), str(arch))
+    return None
+
+
+@dataclass(frozen=True)
+class BaseOverrides:
+    """What a layered commit changed of its base: removed packages, and (new, old) replacements,
+    local ones and by source (repo=NAME), from rpm-ostree's commit keys."""
+
+    removed: tuple[Package, ...] = ()
+    local: tuple[tuple[Package, Package], ...] = ()
+    remote: Mapping[str, tuple[tuple[Package, Package], ...]] = field(default_factory=dict)
+
+
+def _pairs(v: object) -> tuple[tuple[Package, Package], ...]:
+    out = []
+    for pair in v if isinstance(v, list) else []:
+        if isinstance(pair, list) and len(pair) == 2:
+            new, old = _package_of(pair[0]), _package_of(pair[1])
+            if new is not None and old is not None:
+                out.append((new, old))
+    return tuple(sorted(out))
+
+
 @dataclass(frozen=True)
 class CommitInfo:
     """What status shows of a commit: version, timestamp, metadata (as JSON values)."""
@@ -81,6 +110,20 @@ class CommitInfo:
     @property
     def shown_metadata(self) -> dict[str, object]:
         return {k: v for k, v in self.metadata.items() if k not in FILTERED_COMMIT_META}
+
+    @property
+    def base_overrides(self) -> BaseOverrides:
+        """The overrides the commit was composed with (rpmostree.removed-base-packages,
+        rpmostree.replaced-base-packages, rpmostree.replaced-base-remote-packages)."""
+        removed = self.metadata.get("rpmostree.removed-base-packages")
+        remote = self.metadata.get("rpmostree.replaced-base-remote-packages")
+        return BaseOverrides(
+            removed=tuple(sorted(p for v in (removed if isinstance(removed, list) else [])
+                                 if (p := _package_of(v)) is not None)),
+            local=_pairs(self.metadata.get("rpmostree.replaced-base-packages")),
+            remote={str(k): _pairs(v) for k, v in (remote.items() if isinstance(remote, dict) else [])
+                    if _pairs(v)},
+        )
 
     @property
     def layered_requests(self) -> list[str]:
@@ -102,7 +145,8 @@ def commit_info(repo: OSTree.Repo, checksum: str) -> CommitInfo:
 
 def _origin_lists(origin: Origin) -> dict[str, object]:
     """The origin's requests as rpm-ostree's daemon lists them (rust/src/daemon.rs,
-    deployment_populate_variant_origin): every list present, even empty."""
+    deployment_populate_variant_origin): every list present, even empty, but
+    requested-base-remote-replacements, an a(sas) of (repo=NAME, packages) only when set."""
     kf = origin.to_keyfile()
 
     def strings(group: str, key: str) -> list[str]:
@@ -118,7 +162,10 @@ def _origin_lists(origin: Origin) -> dict[str, object]:
         regenerate = bool(kf.get_boolean("rpmostree", "regenerate-initramfs"))
     except GLib.Error:
         regenerate = False
+    remote = {"requested-base-remote-replacements": [[f"repo={r.repo}", list(r.packages)]
+                                                     for r in origin.overrides.replace]}
     return {
+        **(remote if origin.overrides.replace else {}),
         "requested-packages": sorted(origin.requested),
         "requested-local-packages": nevras("packages", "requested-local"),
         "requested-local-fileoverride-packages": nevras("packages", "requested-local-fileoverride"),
@@ -233,6 +280,7 @@ class LiveStatus:
     inprogress: str | None  # an interrupted update's target
     replaced: bool
     diff: PackageChanges  # live packages against the booted commit's
+    transient: tuple[str, ...] = ()  # installed live only: gone at reboot, the next boot lacks them
 
     def json_keys(self, booted: str) -> dict[str, object]:
         """rpm-ostree's live keys (rust/src/daemon.rs from rust/src/live.rs's state): the target of
@@ -245,6 +293,8 @@ class LiveStatus:
             out["live-replaced"] = self.commit
         out["lulayer-live-replaced-files"] = self.replaced
         out["lulayer-live-diff"] = self.diff.to_json()
+        # rpm-ostree has no live-only installs (issues 3993, 4778), so no key for them.
+        out["lulayer-transient-packages"] = list(self.transient)
         return out
 
 
@@ -421,8 +471,12 @@ def read_status(sysroot: Sysroot) -> Status:
     live = None
     if st.live:
         live_pkgs = commit_packages(sysroot.repo, st.commit, dbpath)
+        # A package installed live only and since requested for the next boot stays after a reboot.
+        next_boot = {p.name for p in commit_packages(sysroot.repo, next_commit or booted.checksum, dbpath)}
+        transient = tuple(n for n in st.transient.packages if n not in next_boot) if st.transient else ()
         live = LiveStatus(st.commit, st.inprogress, st.replaced,
-                          PackageChanges.between(commit_packages(sysroot.repo, booted.checksum, dbpath), live_pkgs))
+                          PackageChanges.between(commit_packages(sysroot.repo, booted.checksum, dbpath), live_pkgs),
+                          transient)
     holder = lulayer_holder(sysroot)
     transaction = (holder[1], f"lulayer (pid {holder[0]})", "") if holder else None
     return Status(tuple(out), diff, live, staged_status, transaction)

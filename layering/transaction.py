@@ -32,9 +32,12 @@ from lulayer.errors import LiveApplyError, LiveRefusedError, LulayerError
 from lulayer.layering import deploy, staged
 from lulayer.layering.cleanup import CleanupResult, cleanup
 from lulayer.layering.layer import Layering, LayerResult
+from lulayer.layering.resolver import split_specs
 from lulayer.layering.status import Status, read_status
 from lulayer.lock import sysroot_lock
 from lulayer.progress import ProgressReport
+from lulayer.rpmdb.db import commit_packages, tree_dbpath
+from lulayer.rpmdb.model import PackageChanges
 from lulayer.run import run
 from lulayer.signals import Stage
 from lulayer.sysroot import Deployment, Sysroot, require_root
@@ -116,11 +119,26 @@ def status(sysroot_path: Path | None) -> Status:
 
 def needs_reboot(sysroot: Sysroot) -> bool:
     """Whether the deployment that boots next (staged, else the default) holds something the
-    running system does not: it is neither the booted commit nor what the live /usr holds."""
+    running system does not: it is neither the booted commit nor what the live /usr holds (or
+    holds under the packages installed live only)."""
     record = staged.read(sysroot)
     next_commit = record.commit if record is not None else sysroot.deployments()[0].checksum
     booted = sysroot.booted()
-    return next_commit not in (booted.checksum, live_state.read_state(sysroot, booted).commit)
+    st = live_state.read_state(sysroot, booted)
+    return next_commit not in (booted.checksum, st.commit, st.transient.base if st.transient else None)
+
+
+TRANSIENT_NOTE = "Applied to the running system only (transient): the next boot is unchanged; a reboot drops it."
+
+
+def check_transient(*, live: bool, dry_run: bool = False, latest: bool = False) -> None:
+    """Refuse --transient where it means nothing: it applies to the running system only."""
+    if not live:
+        raise LulayerError("--transient applies a package to the running system only, which needs --live",
+                           hint="pass --live --transient, or leave out --transient to install for the next boot")
+    if dry_run or latest:
+        raise LulayerError(f"--transient cannot be combined with {'--dry-run' if dry_run else '--latest'}",
+                           hint="leave out one of them")
 
 
 def check_reboot(sysroot_path: Path | None) -> None:
@@ -190,7 +208,11 @@ class Transaction:
 
     def install(self, names: Sequence[str], *, dry_run: bool = False, idempotent: bool = False,
                 allow_inactive: bool = False, latest: bool = False, live: bool = False,
-                allow_replacement: bool = False, live_or_reboot: bool = False) -> LayerOutcome:
+                allow_replacement: bool = False, live_or_reboot: bool = False,
+                transient: bool = False) -> LayerOutcome:
+        if transient:
+            check_transient(live=live, dry_run=dry_run, latest=latest)
+            return self._install_transient(names, idempotent=idempotent)
         live = live or live_or_reboot
         return self._layer(lambda ly: ly.install(names, dry_run=dry_run, idempotent=idempotent,
                                                  allow_inactive=allow_inactive, latest=latest, stage=live),
@@ -201,11 +223,32 @@ class Transaction:
                   dry_run: bool = False, live: bool = False, allow_replacement: bool = False,
                   live_or_reboot: bool = False) -> LayerOutcome:
         live = live or live_or_reboot
+        # Packages installed live only go from the running system; there is nothing to redeploy.
+        names = split_specs(names)
+        self._recover()  # what a killed run left may change what is live
+        transient = self._transient()
+        dropped = tuple(n for n in names if live and transient is not None and n in transient.packages
+                        and not dry_run)
+        if transient is not None and dropped and set(dropped) == set(names) and not remove_all:
+            return self._uninstall_transient(transient, dropped)
+        rest = tuple(n for n in names if n not in dropped)
         # Removing what is uninstalled is what uninstall --live is for.
-        return self._layer(lambda ly: ly.uninstall(names, remove_all=remove_all, idempotent=idempotent,
+        return self._layer(lambda ly: ly.uninstall(rest, remove_all=remove_all, idempotent=idempotent,
                                                    dry_run=dry_run, stage=live),
-                           live=live, allow_replacement=allow_replacement, allow_removal=True,
+                           live=live, allow_replacement=allow_replacement, allow_removal=True, drop=dropped,
                            live_or_reboot=live_or_reboot)
+
+    def override(self, *, remove: Sequence[str] = (), replace_from: tuple[str, Sequence[str]] | None = None,
+                 reset: Sequence[str] = (), reset_all: bool = False, dry_run: bool = False, live: bool = False,
+                 allow_replacement: bool = False) -> LayerOutcome:
+        """Remove or replace base packages, or reset their overrides (Layering.override)."""
+        if live and (remove or replace_from) and not allow_replacement and not dry_run:
+            # Checked before anything is done: the files of a base package are in use.
+            raise LiveApplyError("removing or replacing base packages live changes files the running system has",
+                                 hint="pass --allow-replacement to apply it live, or leave out --live and reboot")
+        return self._layer(lambda ly: ly.override(remove=remove, replace_from=replace_from, reset=reset,
+                                                  reset_all=reset_all, dry_run=dry_run, stage=live),
+                           live=live, allow_replacement=allow_replacement, allow_removal=False)
 
     def upgrade(self, *, dry_run: bool = False, live: bool = False,
                 allow_replacement: bool = False, live_or_reboot: bool = False) -> LayerOutcome:
@@ -215,9 +258,9 @@ class Transaction:
                            live_or_reboot=live_or_reboot)
 
     def _layer(self, operation: Callable[[Layering], LayerResult], *, live: bool, allow_replacement: bool,
-               allow_removal: bool, live_or_reboot: bool = False) -> LayerOutcome:
+               allow_removal: bool, live_or_reboot: bool = False, drop: Sequence[str] = ()) -> LayerOutcome:
         outcome = self._layer_outcome(operation, live=live, allow_replacement=allow_replacement,
-                                      allow_removal=allow_removal, live_or_reboot=live_or_reboot)
+                                      allow_removal=allow_removal, live_or_reboot=live_or_reboot, drop=drop)
         if outcome.layer.dry_run:  # what the next boot would bring; a live apply would leave nothing pending
             pending = not live and (outcome.layer.changed or self.needs_reboot())
         else:
@@ -229,13 +272,17 @@ class Transaction:
         return needs_reboot(self.sysroot)
 
     def _layer_outcome(self, operation: Callable[[Layering], LayerResult], *, live: bool, allow_replacement: bool,
-                       allow_removal: bool, live_or_reboot: bool) -> LayerOutcome:
+                       allow_removal: bool, live_or_reboot: bool, drop: Sequence[str] = ()) -> LayerOutcome:
         self._recover()
         refused: list[LiveRefusedError] = []
 
         def live_gate(commit: str) -> bool:
             """Before the next boot's deployment is recorded: may commit go live? A refusal
-            leaves nothing changed, or with live_or_reboot, the deployment written unstaged."""
+            leaves nothing changed, or with live_or_reboot, the deployment written unstaged.
+            With packages live only, what goes live is commit plus them, composed later: the
+            live apply itself checks that one."""
+            if self._transient() is not None:
+                return True
             try:
                 check_live(self.sysroot, commit, allow_replacement=allow_replacement, allow_removal=allow_removal)
             except LiveRefusedError as e:
@@ -257,7 +304,8 @@ class Transaction:
         # Nothing new (already requested): the pending deployment, if any, is what goes live.
         target = result.commit or self.sysroot.deployments()[0].checksum
         try:
-            live_result = self._apply_live(target, allow_replacement=allow_replacement, allow_removal=allow_removal)
+            live_result = self._apply_live(target, allow_replacement=allow_replacement, allow_removal=allow_removal,
+                                           drop=drop)
         except LiveRefusedError as e:
             # Nothing new was made (already requested): what is pending stays so.
             if not live_or_reboot:
@@ -294,9 +342,64 @@ class Transaction:
 
     # --- live --------------------------------------------------------------------------
 
-    def _apply_live(self, target: str, *, allow_replacement: bool, allow_removal: bool = False) -> LiveResult:
+    def _transient(self) -> live_state.Transient | None:
+        """The packages the running system has for now only (install --live --transient)."""
+        return live_state.read_state(self.sysroot, self.sysroot.booted()).transient
+
+    def _apply_live(self, target: str, *, allow_replacement: bool, allow_removal: bool = False,
+                    drop: Sequence[str] = ()) -> LiveResult:
+        """Make the live /usr target's. Packages installed live only stay live, on top of target,
+        unless target has them (a persistent install made them the next boot's) or drop names them."""
+        transient = self._transient()
+        keep: tuple[str, ...] = ()
+        if transient is not None:
+            have = {p.name for p in commit_packages(self.sysroot.repo, target, tree_dbpath(self.sysroot.booted().path))}
+            keep = tuple(n for n in transient.packages if n not in drop and n not in have)
+        kept = None
+        if keep:
+            on = target
+            target, _ = Layering(self.sysroot, progress=self.reporter.progress).live_only(on, keep)
+            kept = live_state.Transient(on, keep)
         return live.apply_live(self.sysroot, target, allow_replacement=allow_replacement,
-                               allow_removal=allow_removal, progress=self.reporter.progress)
+                               allow_removal=allow_removal or bool(drop), progress=self.reporter.progress,
+                               transient=kept)
+
+    def _install_transient(self, names: Sequence[str], *, idempotent: bool) -> LayerOutcome:
+        """install --live --transient: names onto what the live /usr holds, for the running system
+        only; the next boot and the origin stay as they are (rpm-ostree issues 3993 and 4778 ask
+        for it; dnf5's --transient and bootc's usr-overlay do it by hand, unrecorded)."""
+        names = split_specs(names)
+        if not names:
+            raise LulayerError("no package named", hint="lulayer install --live --transient PKG...")
+        self._recover()
+        booted = self.sysroot.booted()
+        st = live_state.read_state(self.sysroot, booted)
+        requested = self.sysroot.merge_deployment().origin.requested
+        old = st.transient.packages if st.transient is not None else ()
+        already = [n for n in names if n in old or n in requested]
+        if already and not idempotent:
+            raise LulayerError(f"already requested: {', '.join(already)}",
+                               hint="pass --idempotent to make this a no-op")
+        new = tuple(n for n in names if n not in already)
+        nothing = LayerResult(PackageChanges(), requested, previous=requested)
+        if not new:
+            return LayerOutcome(replace(nothing, message=f"already requested: {', '.join(already)}; nothing to do"),
+                                None, NextBoot.UNCHANGED, needs_reboot=self.needs_reboot())
+        base = st.transient.base if st.transient is not None else st.commit
+        target, _ = Layering(self.sysroot, progress=self.reporter.progress).live_only(st.commit, new)
+        result = live.apply_live(self.sysroot, target, progress=self.reporter.progress,
+                                 transient=live_state.Transient(base, (*old, *new)))
+        return LayerOutcome(replace(nothing, message=TRANSIENT_NOTE), result, NextBoot.UNCHANGED,
+                            needs_reboot=self.needs_reboot())
+
+    def _uninstall_transient(self, transient: live_state.Transient, names: Sequence[str]) -> LayerOutcome:
+        """uninstall --live of packages installed live only: the live /usr goes back to what it
+        held without them; no deployment changes."""
+        requested = self.sysroot.merge_deployment().origin.requested
+        result = self._apply_live(transient.base, allow_replacement=False, drop=names)
+        return LayerOutcome(LayerResult(PackageChanges(), requested, previous=requested,
+                                        message="Removed from the running system only; the next boot is unchanged."),
+                            result, NextBoot.UNCHANGED, needs_reboot=self.needs_reboot())
 
     def apply_live(self, *, allow_replacement: bool = False) -> LiveOutcome:
         """Apply the pending deployment to the running system."""

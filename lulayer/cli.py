@@ -22,7 +22,7 @@ from lulayer.progress import ProgressReport
 if TYPE_CHECKING:  # the core is imported when a command runs, not for --help
     from lulayer.apply.live import LiveResult
     from lulayer.layering.layer import LayerResult
-    from lulayer.layering.status import LiveStatus, StagedStatus, Status
+    from lulayer.layering.status import CommitInfo, LiveStatus, StagedStatus, Status
     from lulayer.layering.transaction import LayerOutcome, Recovery, Transaction
     from lulayer.rpmdb.model import PackageChanges
 
@@ -263,18 +263,24 @@ def _after(ctx: Context, outcome: LayerOutcome, *, reboot: bool, unchanged_exit_
 @click.option("--latest", is_flag=True,
               help="Also upgrade the named packages that are layered already to their newest versions "
                    "(the base image and other packages stay as they are).")
+@click.option("--transient", is_flag=True,
+              help="With --live: apply to the running system only; the next boot is unchanged, a reboot drops it.")
 @_live_options
 @_script_options
 @click.pass_obj
 def install(ctx: Context, packages: tuple[str, ...], dry_run: bool, idempotent: bool, allow_inactive: bool,
-            latest: bool, live: bool, allow_replacement: bool, live_or_reboot: bool, as_json: bool,
-            unchanged_exit_77: bool, reboot: bool, assumeyes: bool) -> None:
+            latest: bool, transient: bool, live: bool, allow_replacement: bool, live_or_reboot: bool,
+            as_json: bool, unchanged_exit_77: bool, reboot: bool, assumeyes: bool) -> None:
     """Layer PACKAGES onto the image, for the next boot (and now, with --live)."""
+    if transient:  # refused before the lock is taken
+        from lulayer.layering.transaction import check_transient
+
+        check_transient(live=live, dry_run=dry_run, latest=latest)
     _check_reboot(ctx, reboot, live or live_or_reboot)
     with _transaction(ctx, as_json) as tx:
         outcome = tx.install(packages, dry_run=dry_run, idempotent=idempotent, allow_inactive=allow_inactive,
                              latest=latest, live=live, allow_replacement=allow_replacement,
-                             live_or_reboot=live_or_reboot)
+                             live_or_reboot=live_or_reboot, transient=transient)
         _report_outcome(outcome, as_json)
     _after(ctx, outcome, reboot=reboot, unchanged_exit_77=unchanged_exit_77)
 
@@ -313,6 +319,85 @@ def uninstall(ctx: Context, packages: tuple[str, ...], remove_all: bool, idempot
                                allow_replacement=allow_replacement, live_or_reboot=live_or_reboot)
         _report_outcome(outcome, as_json)
     _after(ctx, outcome, reboot=reboot, unchanged_exit_77=unchanged_exit_77)
+
+
+@cli.group()
+def override() -> None:
+    """Remove or replace packages of the base image, or undo that (rpm-ostree's `override`)."""
+
+
+def _override_source(source: str | None) -> str:
+    """The repository of --from repo=NAME, the one kind of source rpm-ostree knows
+    (rust/src/daemon.rs parse_override_source)."""
+    if source is None:
+        raise LulayerError("override replace needs the repository the packages come from",
+                           hint="pass --from repo=NAME (a repository enabled in /etc/yum.repos.d)")
+    kind, _, name = source.partition("=")
+    if kind != "repo" or not name:
+        raise LulayerError(f"invalid override source {source!r}", hint="write it as --from repo=NAME")
+    return name
+
+
+def _override_command(ctx: Context, *, live: bool, allow_replacement: bool, dry_run: bool, as_json: bool,
+                      unchanged_exit_77: bool, reboot: bool, **change: Any) -> None:
+    _check_reboot(ctx, reboot, live)
+    with _transaction(ctx, as_json) as tx:
+        outcome = tx.override(dry_run=dry_run, live=live, allow_replacement=allow_replacement, **change)
+        _report_outcome(outcome, as_json)
+        if outcome.layer.changed and not dry_run and not as_json and ("remove" in change or "replace_from" in change):
+            click.echo('Use "lulayer override reset" to undo overrides')  # as rpm-ostree says it
+    _after(ctx, outcome, reboot=reboot, unchanged_exit_77=unchanged_exit_77)
+
+
+@override.command("remove")
+@click.argument("packages", nargs=-1, required=True)
+@click.option("-n", "--dry-run", is_flag=True, help="Show the changes; change nothing.")
+@_live_options
+@_script_options
+@click.pass_obj
+def override_remove(ctx: Context, packages: tuple[str, ...], dry_run: bool, live: bool, allow_replacement: bool,
+                    as_json: bool, unchanged_exit_77: bool, reboot: bool, assumeyes: bool) -> None:
+    """Remove PACKAGES of the base image, files and rpmdb entries (--live needs --allow-replacement)."""
+    _override_command(ctx, live=live, allow_replacement=allow_replacement, dry_run=dry_run, as_json=as_json,
+                      unchanged_exit_77=unchanged_exit_77, reboot=reboot, remove=packages)
+
+
+@override.command("replace")
+@click.argument("packages", nargs=-1, required=True)
+@click.option("--from", "source", metavar="repo=NAME", help="The enabled repository the new packages come from.")
+@click.option("-n", "--dry-run", is_flag=True, help="Show the changes; change nothing.")
+@_live_options
+@_script_options
+@click.pass_obj
+def override_replace(ctx: Context, packages: tuple[str, ...], source: str | None, dry_run: bool, live: bool,
+                     allow_replacement: bool, as_json: bool, unchanged_exit_77: bool, reboot: bool,
+                     assumeyes: bool) -> None:
+    """Replace base PACKAGES with what the repository offers (--from repo=NAME); they follow it."""
+    files = [p for p in packages if p.endswith(".rpm")]  # rpm-ostree takes *.rpm as a file
+    if files:
+        raise LulayerError(f"replacing base packages with local RPM files ({files[0]}) is not supported yet",
+                           hint="put the package in a repository and pass --from repo=NAME")
+    _override_command(ctx, live=live, allow_replacement=allow_replacement, dry_run=dry_run, as_json=as_json,
+                      unchanged_exit_77=unchanged_exit_77, reboot=reboot,
+                      replace_from=(_override_source(source), packages))
+
+
+@override.command("reset")
+@click.argument("packages", nargs=-1)
+@click.option("-a", "--all", "reset_all", is_flag=True, help="Reset every override.")
+@click.option("-n", "--dry-run", is_flag=True, help="Show the changes; change nothing.")
+@_live_options
+@_script_options
+@click.pass_obj
+def override_reset(ctx: Context, packages: tuple[str, ...], reset_all: bool, dry_run: bool, live: bool,
+                   allow_replacement: bool, as_json: bool, unchanged_exit_77: bool, reboot: bool,
+                   assumeyes: bool) -> None:
+    """Undo the overrides of PACKAGES (--all: every override): the base's packages come back."""
+    if bool(packages) == reset_all:  # as rpmostree-override-builtins.cxx
+        raise LulayerError("Cannot specify PACKAGEs with --all" if packages else "no package named",
+                           hint="name the packages whose overrides to reset, or pass --all")
+    _override_command(ctx, live=live, allow_replacement=allow_replacement, dry_run=dry_run, as_json=as_json,
+                      unchanged_exit_77=unchanged_exit_77, reboot=reboot, reset=packages, reset_all=reset_all)
 
 
 @cli.command()
@@ -446,6 +531,7 @@ def _print_status(st: Status, verbose: bool, booted_only: bool = False) -> None:
         if verbose:
             click.echo(f"{'StateRoot':>19}: {d.osname}")
             click.echo(f"{'Deployment':>19}: {d.path}")
+        _print_overrides(ds.commit, ds.base_checksum)
         _print_requests(d.origin.requested, ds.inactive_requests, d.origin.requested_local)
         if d.booted and st.live is not None:
             _print_live_status(st.live)
@@ -477,6 +563,30 @@ def _print_requests(requested: tuple[str, ...], inactive: tuple[str, ...], local
         click.echo(f"{'InactiveRequests':>19}: {' '.join(inactive)}")
 
 
+def _print_overrides(commit: CommitInfo | None, base_checksum: str) -> None:
+    """A layered commit's overrides as rpm-ostree prints them (src/app/rpmostree-builtin-status.cxx):
+    RemovedBasePackages grouped by EVR ("NAME... EVR"), LocalOverrides grouped by change
+    ("NAME... OLD -> NEW"; ReplacedBasePackages before rpm-ostree 2022.10, commit 5cc9bd3c),
+    and RemoteOverrides under their source, one replacement a line."""
+    if commit is None or commit.checksum == base_checksum:
+        return
+    ov = commit.base_overrides
+    removed: dict[str, list[str]] = {}
+    for p in ov.removed:
+        removed.setdefault(p.evr, []).append(p.name)
+    local: dict[str, list[str]] = {}
+    for new, old in ov.local:
+        local.setdefault(f"{old.evr} -> {new.evr}", []).append(new.name)
+    for key, groups in (("RemovedBasePackages", removed), ("LocalOverrides", local)):
+        if groups:
+            click.echo(f"{key:>19}: " + " ".join(sorted(f"{' '.join(names)} {what}" for what, names in groups.items())))
+    for source, pairs in sorted(ov.remote.items()):
+        click.echo(f"{'RemoteOverrides':>19}: {source}")
+        for i, (new, old) in enumerate(pairs):
+            glyph = "└─" if i == len(pairs) - 1 else "├─"
+            click.echo(f"{'':>19}  {glyph} {new.name} {old.evr} -> {new.evr}")
+
+
 def _print_staged(ss: StagedStatus, verbose: bool) -> None:
     from lulayer.sysroot import Origin
 
@@ -491,6 +601,7 @@ def _print_staged(ss: StagedStatus, verbose: bool) -> None:
     if ss.base_checksum != ss.staged.commit:
         click.echo(f"{'BaseCommit':>19}: {ss.base_checksum}")
     click.echo(f"{'Commit':>19}: {ss.staged.commit}")
+    _print_overrides(ss.commit, ss.base_checksum)
     _print_requests(ss.staged.requested, ss.inactive_requests, Origin.from_data(ss.staged.origin).requested_local)
     if verbose and ss.layered:
         click.echo(f"{'Packages':>19}: {' '.join(p.nevra for p in ss.layered)}")
@@ -512,6 +623,8 @@ def _print_live_status(live: LiveStatus) -> None:
     click.echo(f"{'LiveDiff':>19}: " + (_counts(diff) or "none"))
     if live.replaced:
         click.echo(f"{'LiveReplaced':>19}: files were replaced or removed live")
+    if live.transient:
+        click.echo(f"{'TransientPackages':>19}: {' '.join(live.transient)} (live only: gone at reboot)")
 
 
 def main() -> None:

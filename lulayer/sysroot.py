@@ -43,6 +43,66 @@ class RefspecKind(StrEnum):
 _ORIGIN_HINT = ("keep exactly one of [origin] refspec, baserefspec or container-image-reference in the .origin "
                 "file beside the deployment (rpm-ostree reads the same keys)")
 _CHECKSUM = re.compile(r"[0-9a-f]{64}")
+# An [overrides] replace entry's source: rpm-ostree knows only repo=NAME (rust/src/daemon.rs parse_override_source).
+_REPO_SOURCE = "repo="
+
+
+@dataclass(frozen=True)
+class RepoReplacement:
+    """Base packages replaced by what the repository `repo` offers: one `[overrides] replace` entry,
+    `repo=NAME,PKG,...` (rust/src/origin.rs origin_to_treefile_inner)."""
+
+    repo: str
+    packages: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, entry: str) -> RepoReplacement:
+        source, *packages = entry.split(",")
+        if not source.startswith(_REPO_SOURCE) or not source.removeprefix(_REPO_SOURCE):
+            raise SysrootError(f"the deployment's .origin has an [overrides] replace entry {entry!r} from an "
+                               "unknown source", hint="write it as repo=NAME,PKG,... (rpm-ostree reads the same)")
+        return cls(source.removeprefix(_REPO_SOURCE), tuple(p for p in packages if p))
+
+    def __str__(self) -> str:
+        return ",".join((f"{_REPO_SOURCE}{self.repo}", *self.packages))
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """What a deployment changes of its base image: rpm-ostree's `[overrides]` keys (rust/src/origin.rs).
+
+    ``remove`` holds base package names; ``replace`` the packages that follow a repository;
+    ``replace_local`` RPM files stored in the repository, as rpm-ostree's SHA256:NEVRA entries
+    (SHA256 of the RPM header, src/daemon/rpmostreed-transaction-types.cxx import_many_local_rpms).
+    """
+
+    remove: tuple[str, ...] = ()
+    replace: tuple[RepoReplacement, ...] = ()
+    replace_local: tuple[str, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not (self.remove or self.replaced_names or self.replace_local)
+
+    @property
+    def replaced_names(self) -> tuple[str, ...]:
+        """The names replaced from repositories."""
+        return tuple(p for r in self.replace for p in r.packages)
+
+    @property
+    def local_nevras(self) -> tuple[str, ...]:
+        return tuple(e.split(":", 1)[-1] for e in self.replace_local)
+
+    def names(self) -> dict[str, str]:
+        """Every package name with an override, and its kind (remove, replace, replace-local)."""
+        out = {n: "replace" for n in self.replaced_names}
+        out |= {nevra_name(n): "replace-local" for n in self.local_nevras}
+        return out | {n: "remove" for n in self.remove}
+
+
+def nevra_name(nevra: str) -> str:
+    """The name of NAME-[EPOCH:]VERSION-RELEASE.ARCH."""
+    return nevra.rsplit("-", 2)[0]
 
 
 @dataclass(frozen=True)
@@ -63,6 +123,7 @@ class Origin:
     keyfile_data: str = ""
     kind: RefspecKind = RefspecKind.OSTREE
     requested_local: tuple[str, ...] = ()
+    overrides: Overrides = Overrides()
 
     @classmethod
     def from_keyfile(cls, kf: GLib.KeyFile) -> Origin:
@@ -78,10 +139,15 @@ class Origin:
         else:
             raise SysrootError("the deployment's .origin has none of [origin] refspec, baserefspec, "
                                "container-image-reference", hint=_ORIGIN_HINT)
-        requested = tuple(_keyfile_list(kf, "packages", "requested"))
-        local = tuple(_keyfile_list(kf, "packages", "requested-local"))
+        overrides = Overrides(
+            remove=tuple(_keyfile_list(kf, "overrides", "remove")),
+            replace=tuple(RepoReplacement.parse(e) for e in _keyfile_list(kf, "overrides", "replace")),
+            replace_local=tuple(_keyfile_list(kf, "overrides", "replace-local")),
+        )
         data, _ = kf.to_data()
-        return cls(refspec=refspec, requested=requested, keyfile_data=data, kind=kind, requested_local=local)
+        return cls(refspec=refspec, requested=tuple(_keyfile_list(kf, "packages", "requested")), keyfile_data=data,
+                   kind=kind, requested_local=tuple(_keyfile_list(kf, "packages", "requested-local")),
+                   overrides=overrides)
 
     @classmethod
     def from_data(cls, data: str) -> Origin:
@@ -97,6 +163,13 @@ class Origin:
         """With these requests (and these requested-local entries, when given)."""
         return replace(self, requested=tuple(sorted(set(requested))),
                        requested_local=self.requested_local if local is None else tuple(sorted(set(local))))
+
+    def with_overrides(self, overrides: Overrides) -> Origin:
+        return replace(self, overrides=Overrides(
+            remove=tuple(sorted(set(overrides.remove))),
+            replace=tuple(r for r in overrides.replace if r.packages),
+            replace_local=tuple(sorted(set(overrides.replace_local))),
+        ))
 
     def image(self) -> ImageReference:
         """The container image a container origin follows.
@@ -125,13 +198,20 @@ class Origin:
         kf = GLib.KeyFile()
         if self.keyfile_data:
             kf.load_from_data(self.keyfile_data, len(self.keyfile_data.encode()), GLib.KeyFileFlags.KEEP_COMMENTS)
-        for key, values in (("requested", self.requested), ("requested-local", self.requested_local)):
+        ov = self.overrides
+        for group, key, values in (("packages", "requested", self.requested),
+                                   ("packages", "requested-local", self.requested_local),
+                                   ("overrides", "remove", ov.remove),
+                                   ("overrides", "replace", tuple(str(r) for r in ov.replace)),
+                                   ("overrides", "replace-local", ov.replace_local)):
             if values:
-                kf.set_string_list("packages", key, list(values))
+                kf.set_string_list(group, key, list(values))
             else:
-                _keyfile_remove(kf, "packages", key)
-        if kf.has_group("packages") and not kf.get_keys("packages")[0]:
-            kf.remove_group("packages")
+                _keyfile_remove(kf, group, key)
+        empty = [g for g in ("packages", "overrides") if kf.has_group(g) and not kf.get_keys(g)[0]]
+        if empty:
+            for group in empty:
+                kf.remove_group(group)
             # GLib keeps the blank line that parted the groups; rpm-ostree's file has none.
             data = kf.to_data()[0].rstrip("\n") + "\n"
             kf = GLib.KeyFile()
@@ -140,9 +220,12 @@ class Origin:
             if _keyfile_get(kf, "origin", "container-image-reference") != self.refspec:
                 kf.set_string("origin", "container-image-reference", self.refspec)
             return kf
-        for key in ("refspec", "baserefspec"):
-            _keyfile_remove(kf, "origin", key)
-        kf.set_string("origin", "baserefspec" if _may_require_local_assembly(kf) else "refspec", self.refspec)
+        key, other = ("baserefspec", "refspec") if _may_require_local_assembly(kf) else ("refspec", "baserefspec")
+        if _keyfile_get(kf, "origin", key) != self.refspec or _keyfile_get(kf, "origin", other) is not None:
+            # Rewritten only when it changes: GLib puts a new key after the blank line that ends the group.
+            for k in (key, other):
+                _keyfile_remove(kf, "origin", k)
+            kf.set_string("origin", key, self.refspec)
         return kf
 
 

@@ -21,14 +21,35 @@ from lulayer.errors import ComposeError
 from lulayer.rpmdb.db import dbpath_macro
 
 
-def install_rpms(root: Path, dbpath: PurePosixPath, rpm_paths: Sequence[Path]) -> None:
-    """Install rpm_paths into root, whose rpmdb is at dbpath, in one transaction."""
+class UnmetDependencies(ComposeError):
+    """rpm's dependency check of a transaction failed; problems says who needs what."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        super().__init__("rpm found unmet dependencies: " + "; ".join(problems))
+        self.problems = tuple(problems)
+
+    def __reduce__(self) -> tuple[type[UnmetDependencies], tuple[tuple[str, ...]]]:  # type: ignore[override]
+        return type(self), (self.problems,)
+
+
+def install_rpms(root: Path, dbpath: PurePosixPath, rpm_paths: Sequence[Path], *, erase: Sequence[str] = (),
+                 justdb: bool = False) -> None:
+    """Install rpm_paths into root, whose rpmdb is at dbpath, and erase the installed packages named
+    in erase, in one transaction. An RPM of a package root has replaces it, older or newer (a base
+    override). With justdb only the rpmdb changes: no file, no scriptlet."""
     with dbpath_macro(dbpath):
         ts = rpm.TransactionSet(str(root))
         # Digests and signatures were checked against the repository before we got here.
         ts.setVSFlags(rpm._RPMVSF_NOSIGNATURES | rpm._RPMVSF_NODIGESTS)
+        # A replacement may be older than the base's package (rpm-ostree enables OLDPACKAGE too,
+        # src/libpriv/rpmostree-core.cxx write_rpmdb); layering never reaches the base's (resolver.check_transaction).
+        ts.setProbFilter(rpm.RPMPROB_FILTER_OLDPACKAGE)
+        if justdb:
+            ts.setFlags(rpm.RPMTRANS_FLAG_JUSTDB | rpm.RPMTRANS_FLAG_NOSCRIPTS | rpm.RPMTRANS_FLAG_NOTRIGGERS)
         fds: dict[str, int] = {}
         try:
+            for name in erase:
+                ts.addErase(name)
             for path in rpm_paths:
                 fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
                 fds[str(path)] = fd
@@ -40,7 +61,7 @@ def install_rpms(root: Path, dbpath: PurePosixPath, rpm_paths: Sequence[Path]) -
                 ts.addInstall(hdr, str(path), "u")
             unresolved = ts.check()
             if unresolved:
-                raise ComposeError("rpm found unmet dependencies: " + "; ".join(_dep_problem(p) for p in unresolved))
+                raise UnmetDependencies([_dep_problem(p) for p in unresolved])
             ts.order()
             script_errors: list[str] = []
             unpack_errors: list[str] = []

@@ -24,6 +24,7 @@ BASE_NVRAS = {
     "busybox-1.35.0-1.fc41.x86_64",
     "kernel-6.1.0-1.fc41.x86_64",
     "fedora-release-41-1.fc41.noarch",
+    "baseapp-1.0-1.fc41.noarch",
 }
 REPO_NVRAS = {
     "htop-3.3.0-1.fc41.x86_64",

@@ -72,6 +72,7 @@ SCHEMA: dict[str, Key] = {
     "requested-local-fileoverride-packages": Key(list, True, (DAEMON,)),
     "requested-base-removals": Key(list, True, (DAEMON,)),
     "requested-base-local-replacements": Key(list, True, (DAEMON,)),
+    "requested-base-remote-replacements": Key(list, False, (DAEMON,)),  # a(sas), only when the origin has one
     "regenerate-initramfs": Key(bool, True, (DAEMON,)),
     "packages": Key(list, True, (UTILS, STATUS)),
     "base-removals": Key(list, True, (UTILS,)),
