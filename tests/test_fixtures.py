@@ -36,6 +36,8 @@ REPO_NVRAS = {
     "conflicts-base-1.0-1.fc41.noarch",
     "manyfiles-1.0-1.fc41.noarch",
     "needs-missing-1.0-1.fc41.noarch",
+    "optapp-1.0-1.fc41.noarch",
+    "svcuser-1.0-1.fc41.noarch",
 }
 ALL_NVRAS = BASE_NVRAS | REPO_NVRAS | {"upgrademe-2.0-1.fc41.x86_64", "typechange-2.0-1.fc41.noarch"}
 QF_NVRA = "%{NAME}-%{VERSION}-%{RELEASE}.%{ARCH}\\n"
