@@ -65,13 +65,19 @@ def _names(lines: Iterable[str]) -> set[str]:
     return {line.split(":", 1)[0] for line in lines if line and not line.startswith(("#", "+", "-"))}
 
 
-def _run_tool(argv: list[str], what: str) -> str | None:
-    """Run a systemd tool; a failure is a warning line, not an error."""
+def _run_tool(argv: list[str], what: str, root: Path, folder: bool) -> str | None:
+    """Run a systemd tool; its failure is one warning line (its last line of output), not an error."""
     try:
-        run(argv)
-    except CommandError as e:
+        proc = run(argv, check=False)
+    except CommandError as e:  # not installed
         return f"{what} failed: {e.message}"
-    return None
+    if proc.returncode == 0:
+        return None
+    said = [ln.strip() for ln in (proc.stderr or proc.stdout or "").splitlines() if ln.strip()]
+    last = said[-1] if said else f"exit status {proc.returncode}"
+    if folder:  # name files as the live root sees them
+        last = last.replace(str(root), "")
+    return f"{what} failed: {last}"
 
 
 def apply_config(root: Path, diff: TreeDiff, old_links: tuple[vardirs.Link, ...], *, folder: bool,
@@ -89,7 +95,7 @@ def apply_config(root: Path, diff: TreeDiff, old_links: tuple[vardirs.Link, ...]
     users: list[str] = []
     if sysusers:
         before = _accounts(root / "etc")
-        failed = _run_tool(["systemd-sysusers", *tool_root, *map(in_root, sysusers)], "systemd-sysusers")
+        failed = _run_tool(["systemd-sysusers", *tool_root, *map(in_root, sysusers)], "systemd-sysusers", root, folder)
         if failed:
             warnings.append(failed)
         after = _accounts(root / "etc")
@@ -112,7 +118,7 @@ def apply_config(root: Path, diff: TreeDiff, old_links: tuple[vardirs.Link, ...]
                                 f"not reachable there; move it away and run `systemd-tmpfiles --create`")
     if tmpfiles:
         failed = _run_tool(["systemd-tmpfiles", "--create", *tool_root, *map(in_root, tmpfiles)],
-                           "systemd-tmpfiles --create")
+                           "systemd-tmpfiles --create", root, folder)
         if failed:
             warnings.append(failed)
 
@@ -129,7 +135,7 @@ def apply_config(root: Path, diff: TreeDiff, old_links: tuple[vardirs.Link, ...]
 
     units = sorted({PurePosixPath(p).name for p in diff.paths() if p.startswith(UNIT_DIRS)})
     if units and not folder and Path("/run/systemd/system").is_dir():
-        failed = _run_tool(["systemctl", "daemon-reload"], "systemctl daemon-reload")
+        failed = _run_tool(["systemctl", "daemon-reload"], "systemctl daemon-reload", root, folder)
         if failed:
             warnings.append(failed)
     return SystemConfig(units=tuple(units), users=tuple(users), tmpfiles=tuple(tmpfiles),
