@@ -111,11 +111,7 @@ def apply_config(root: Path, diff: TreeDiff, old_links: tuple[vardirs.Link, ...]
 
     tmpfiles = _new_confs(diff, TMPFILES_DIR)
     if str(vardirs.TMPFILES_CONF) in tmpfiles:
-        for link in vardirs.read_links(root):
-            full = root / str(link.path).lstrip("/")
-            if os.path.lexists(full) and not vardirs.is_our_link(root, link):
-                warnings.append(f"{link.path} is already there and is kept, so /{link.target.lstrip('./')} is "
-                                f"not reachable there; move it away and run `systemd-tmpfiles --create`")
+        warnings += link_clashes(root, vardirs.read_links(root))
     if tmpfiles:
         failed = _run_tool(["systemd-tmpfiles", "--create", *tool_root, *map(in_root, tmpfiles)],
                            "systemd-tmpfiles --create", root, folder)
@@ -140,6 +136,15 @@ def apply_config(root: Path, diff: TreeDiff, old_links: tuple[vardirs.Link, ...]
             warnings.append(failed)
     return SystemConfig(units=tuple(units), users=tuple(users), tmpfiles=tuple(tmpfiles),
                         links_removed=tuple(removed), warnings=tuple(warnings))
+
+
+def link_clashes(root: Path, links: Iterable[vardirs.Link]) -> list[str]:
+    """One line for each link whose place in root's /var holds something else (an
+    administrator's own): tmpfiles.d's `L` keeps it, and the package content is not reached there."""
+    return [f"{link.path} is already there and is kept, so /{link.target.lstrip('./')} is not reachable "
+            f"there; move it away and run `systemd-tmpfiles --create`"
+            for link in links
+            if os.path.lexists(root / str(link.path).lstrip("/")) and not vardirs.is_our_link(root, link)]
 
 
 def _carry_accounts(etc: Path, added: dict[str, list[str]]) -> None:

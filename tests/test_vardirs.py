@@ -135,3 +135,12 @@ def test_uninstall_live_keeps_an_administrators_var_opt_folder(sysroot: Path) ->
     lulayer(sysroot, "install", "--live", "optapp")
     lulayer(sysroot, "uninstall", "--live", "optapp")
     assert (root / OPT_LINK).is_dir()
+
+
+def test_install_for_the_next_boot_names_an_administrators_var_opt_folder(sysroot: Path) -> None:
+    root = booted(sysroot)
+    (root / OPT_LINK).mkdir(parents=True)
+    proc = lulayer(sysroot, "install", "optapp")
+    said = [line for line in proc.stdout.splitlines() if "/var/opt/vendor" in line]
+    assert len(said) == 1 and "is already there and is kept" in said[0], describe(proc)
+    assert (root / OPT_LINK).is_dir() and not (root / OPT_LINK).is_symlink()
