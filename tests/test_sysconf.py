@@ -8,6 +8,7 @@ The service starting as that user on a booted host is tests/vm/test_vm.py's.
 
 from __future__ import annotations
 
+import json
 import pwd
 from pathlib import Path
 
@@ -109,3 +110,11 @@ def test_only_the_new_packages_tmpfiles_entries_are_applied(sysroot: Path) -> No
     lulayer(sysroot, "install", "--live", "svcuser")
     assert (root / "var/lib/svcuser").is_dir()
     assert not (root / "var/lib/admin-only").exists()
+
+
+def test_json_output_names_the_users_made_and_no_warnings(sysroot: Path) -> None:
+    proc = lulayer(sysroot, "install", "--live", "--json", "svcuser")
+    live = json.loads(proc.stdout)["live"]
+    assert live["users"] == ["user svcuser", "group svcuser"], proc.stdout
+    assert live["warnings"] == [], proc.stdout
+    assert "svcuser.service" in live["units"], proc.stdout
