@@ -134,7 +134,8 @@ def _chroot_mounts(root: Path) -> Iterator[None]:
 
 
 def _chroot(root: Path, *cmd: str) -> str:
-    return _run(["chroot", root, *cmd], env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+    # The caller's TMPDIR (a per-run folder) does not exist in the tree: maintainer scripts use mktemp.
+    return _run(["chroot", root, *cmd], env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "TMPDIR": "/tmp"})
 
 
 def _debootstrap(root: Path) -> None:
