@@ -40,8 +40,6 @@ class SystemConfig:
 
     units: tuple[str, ...] = ()  # unit files added, changed or removed (names)
     users: tuple[str, ...] = ()  # users and groups created ("user NAME", "group NAME")
-    tmpfiles: tuple[str, ...] = ()  # tmpfiles.d files applied (paths)
-    links_removed: tuple[str, ...] = ()  # links in /var to removed /opt or /usr/local content
     warnings: tuple[str, ...] = ()
 
 
@@ -119,13 +117,10 @@ def apply_config(root: Path, diff: TreeDiff, old_links: tuple[vardirs.Link, ...]
             warnings.append(failed)
 
     kept = set(vardirs.read_links(root))
-    removed = []
     for link in old_links:
         if link not in kept and vardirs.is_our_link(root, link):
-            full = root / str(link.path).lstrip("/")
             try:
-                full.unlink()
-                removed.append(str(link.path))
+                (root / str(link.path).lstrip("/")).unlink()
             except OSError as e:
                 warnings.append(f"removing the link {link.path} failed: {e.strerror}")
 
@@ -134,8 +129,7 @@ def apply_config(root: Path, diff: TreeDiff, old_links: tuple[vardirs.Link, ...]
         failed = _run_tool(["systemctl", "daemon-reload"], "systemctl daemon-reload", root, folder)
         if failed:
             warnings.append(failed)
-    return SystemConfig(units=tuple(units), users=tuple(users), tmpfiles=tuple(tmpfiles),
-                        links_removed=tuple(removed), warnings=tuple(warnings))
+    return SystemConfig(units=tuple(units), users=tuple(users), warnings=tuple(warnings))
 
 
 def link_clashes(root: Path, links: Iterable[vardirs.Link]) -> list[str]:
