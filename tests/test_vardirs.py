@@ -7,6 +7,7 @@ optapp ships /opt/vendor/optapp (with a %post writing there) and /usr/local/bin/
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -144,3 +145,12 @@ def test_install_for_the_next_boot_names_an_administrators_var_opt_folder(sysroo
     said = [line for line in proc.stdout.splitlines() if "/var/opt/vendor" in line]
     assert len(said) == 1 and "is already there and is kept" in said[0], describe(proc)
     assert (root / OPT_LINK).is_dir() and not (root / OPT_LINK).is_symlink()
+
+
+def test_opt_package_installs_live_on_a_dnf_built_image_layout(make_sysroot: Callable[..., Path]) -> None:
+    sysroot = make_sysroot(rpmdb=fixture_build.RpmdbLayout.SYSIMAGE)
+    lulayer(sysroot, "install", "--live", "optapp")
+    assert_optapp_runs(booted(sysroot))
+    ran = run(["rpm", "--root", str(booted(sysroot)), "--dbpath", "/usr/lib/sysimage/rpm", "-qf",
+               "/opt/vendor/optapp/bin/optapp"])
+    assert ran.returncode == 0 and ran.stdout.strip() == "optapp-1.0-1.fc41.noarch", describe(ran)
