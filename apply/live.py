@@ -49,6 +49,7 @@ from lulayer.apply.diff import (
     read_dir_meta,
     read_file_object,
 )
+from lulayer.apply.sysconf import apply_config
 from lulayer.errors import LiveApplyError, LiveRefusedError
 from lulayer.faults import fault
 from lulayer.fsutil import (
@@ -61,6 +62,7 @@ from lulayer.fsutil import (
     tree_usage,
     write_file_atomic,
 )
+from lulayer.layering import vardirs
 from lulayer.linux import MS_BIND, MS_RDONLY, MS_REMOUNT, RENAME_EXCHANGE, renameat2
 from lulayer.mounts import (
     MountInfo,
@@ -85,7 +87,6 @@ RESET_STEPS = ("reset-marked", "reset-unmounted")  # the same, for apply-live --
 # "STEP:/usr/PATH" at that one.
 REPLACE_STEPS = ("replace-half-built", "replace-built", "replace-swapped", "replace-half-removed")
 _NAMED_TYPE_CHANGES = 8  # named in a refusal; the rest are counted
-_UNIT_DIRS = ("/usr/lib/systemd/system/", "/usr/lib/systemd/user/")
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,8 @@ class LiveResult:
     units: tuple[str, ...] = ()
     resumed: bool = False
     notes: tuple[str, ...] = field(default_factory=tuple)
+    users: tuple[str, ...] = ()  # users and groups the new sysusers.d files made ("user NAME")
+    warnings: tuple[str, ...] = ()  # what failed after the files were applied (they stay)
 
     @property
     def noop(self) -> bool:
@@ -119,6 +122,8 @@ class LiveResult:
             "etc-added": list(self.etc_added),
             "units": list(self.units),
             "notes": list(self.notes),
+            "users": list(self.users),
+            "warnings": list(self.warnings),
         }
 
 
@@ -612,18 +617,6 @@ def _add_etc(sysroot: Sysroot, root: Path, applier: _Applier,
     return tuple(added), tuple(made)
 
 
-def _systemd(sysroot: Sysroot, diff: TreeDiff) -> tuple[str, ...]:
-    touched = sorted({PurePosixPath(p).name for p in diff.paths() if p.startswith(_UNIT_DIRS)})
-    if sysroot.folder or not touched:
-        return tuple(touched)
-    if Path("/run/systemd/system").is_dir():
-        run(["systemctl", "daemon-reload"])
-        if diff.added_files:
-            run(["systemd-sysusers"], check=False)
-            run(["systemd-tmpfiles", "--create"], check=False)
-    return tuple(touched)
-
-
 def reset(sysroot: Sysroot) -> LiveResult:
     """Return the live /usr to the booted commit: drop the overlay and its upper layer."""
     booted = sysroot.booted()
@@ -785,6 +778,7 @@ def apply_live(sysroot: Sysroot, target: str, *, allow_replacement: bool = False
     rpmdb_changed = not diff.under(str(dbpath)).is_empty
     if not resumed:  # a resumed update was checked when it began
         _check_plan(sysroot, plan, allow_replacement=allow_replacement, allow_removal=allow_removal)
+    old_links = vardirs.read_links(root)
     try:
         reached(Stage.LIVE)
         with critical():
@@ -810,10 +804,14 @@ def apply_live(sysroot: Sysroot, target: str, *, allow_replacement: bool = False
     live_state.write_state(sysroot, booted, live_state.finish(st, target, replaced, transient))
     reached(Stage.LIVE_DONE)
     notes = () if exchange_ok or not rpmdb_changed else (f"rpmdb {rpmdb}",)
+    next_boot = sysroot.pending()
+    config = apply_config(root, diff, old_links, folder=sysroot.folder,
+                          next_etc=next_boot.path / "etc" if next_boot is not None else None)
     return LiveResult(
         source=source, target=target, changes=changes,
         added=len(files.added_files), changed=len(files.changed_files), removed=len(files.removed_files),
-        rpmdb=rpmdb, etc_added=etc_added, units=_systemd(sysroot, diff), resumed=resumed, notes=notes,
+        rpmdb=rpmdb, etc_added=etc_added, units=config.units, resumed=resumed, notes=notes,
+        users=config.users, warnings=config.warnings,
     )
 
 

@@ -36,6 +36,7 @@ from gi.repository import Gio, GLib, OSTree  # noqa: E402
 from lulayer.errors import ComposeError, LulayerError  # noqa: E402
 from lulayer.faults import fault  # noqa: E402
 from lulayer.fsutil import opened_dir, remove_path, remove_tree_at  # noqa: E402
+from lulayer.layering import vardirs  # noqa: E402
 from lulayer.linux import MS_BIND  # noqa: E402
 from lulayer.mounts import mount, mount_overlay  # noqa: E402
 from lulayer.rpmdb.db import read_packages  # noqa: E402
@@ -363,8 +364,13 @@ def _transaction(req: ComposeRequest, dirs: dict[str, Path], installed: Path, ba
         target.touch()
         mount(f"/dev/{node}", target, None, MS_BIND)
     _mask_strays(merged / str(req.dbpath).lstrip("/"), base_db)
+    # /opt and /usr/local link into /var, which no image carries: while rpm and the scriptlets
+    # run they point into /usr (layering/vardirs.py), and a tmpfiles.d file links /var to that.
+    redirected = vardirs.redirect(merged)
     install_rpms(merged, req.dbpath, req.rpms, erase=tuple(p.name for p in req.removed))
     make_readonly_safe(merged, req.dbpath)
+    vardirs.restore(merged, redirected)
+    vardirs.write_tmpfiles(merged, dirs["upper-root"], lower)
     # Read where it was written: the upper layer already holds the rpmdb and its lock file, and a
     # database in rollback-journal mode leaves nothing beside it after a read.
     installed.write_text(json.dumps([astuple(p) for p in read_packages(merged, req.dbpath)]))

@@ -27,9 +27,10 @@ from typing import Protocol
 from lulayer import signals
 from lulayer.apply import live
 from lulayer.apply import state as live_state
-from lulayer.apply.live import LiveResult, check_live
+from lulayer.apply.live import LiveResult, check_live, live_root
+from lulayer.apply.sysconf import link_clashes
 from lulayer.errors import LiveApplyError, LiveRefusedError, LulayerError
-from lulayer.layering import deploy, staged
+from lulayer.layering import deploy, staged, vardirs
 from lulayer.layering.cleanup import CleanupResult, cleanup
 from lulayer.layering.layer import Layering, LayerResult
 from lulayer.layering.resolver import split_specs
@@ -300,6 +301,10 @@ class Transaction:
         if refused:
             return LayerOutcome(result, None, NextBoot.WRITTEN, live_refused=str(refused[0]))
         if not live:
+            if result.deployment is not None:  # its /var links are made at the next boot: say what is in the way
+                clashes = link_clashes(live_root(self.sysroot, self.sysroot.booted()),
+                                       vardirs.read_links(result.deployment.path))
+                result = replace(result, notes=(*result.notes, *clashes))
             return LayerOutcome(result, None, NextBoot.WRITTEN if result.deployment else NextBoot.UNCHANGED)
         # Nothing new (already requested): the pending deployment, if any, is what goes live.
         target = result.commit or self.sysroot.deployments()[0].checksum

@@ -184,6 +184,10 @@ def _print_live(r: LiveResult) -> None:
         click.echo(f"  Added config: {path}")
     for note in r.notes:
         click.echo(f"  Note: {note}")
+    for made in r.users:
+        click.echo(f"  Created: {made}")
+    for warning in r.warnings:
+        click.echo(f"warning: {warning}", err=True)
     if r.units:
         click.echo("Units changed (restart the services that use them): " + " ".join(r.units))
 

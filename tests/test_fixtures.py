@@ -42,6 +42,8 @@ REPO_NVRAS = {
     "kmodpkg-1.0-1.fc41.noarch",
     "needs-upgrademe-1.0-1.fc41.noarch",
     "needs-new-upgrademe-1.0-1.fc41.noarch",
+    "optapp-1.0-1.fc41.noarch",
+    "svcuser-1.0-1.fc41.noarch",
 }
 ALL_NVRAS = BASE_NVRAS | REPO_NVRAS | {"upgrademe-2.0-1.fc41.x86_64", "typechange-2.0-1.fc41.noarch",
                                        "cfgpkg-2.0-1.fc41.noarch"}

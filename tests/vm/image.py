@@ -60,9 +60,10 @@ KARGS = (f"root=LABEL={LABEL}", "rw", "console=ttyS0", "loglevel=4")
 
 # debootstrap --include: the kernel and dracut conflict with initramfs-tools there.
 DEBOOTSTRAP_INCLUDE = ("systemd-sysv", "udev", "python3", "kmod", "iproute2", "mount")
-# ansible-core: tests/vm/test_vm.py runs the lulayer_pkg module in the guest against the booted host.
+# ansible-core: tests/vm/test_vm.py runs the lulayer_pkg module in the guest against the booted host;
+# procps: its `ps -o user` says which user a service runs as.
 CHROOT_PACKAGES = ("dracut", "ostree", "ostree-boot", "rpm", "python3-rpm", "python3-dnf", "python3-gi",
-                   "gir1.2-ostree-1.0", "python3-click", "ansible-core")
+                   "gir1.2-ostree-1.0", "python3-click", "ansible-core", "procps")
 KERNEL_PACKAGE = "linux-image-amd64"
 DRACUT_MODULES = "systemd systemd-initrd dracut-systemd ostree base rootfs-block fs-lib udev-rules kernel-modules"
 DRACUT_DRIVERS = "virtio_blk virtio_pci virtio_ring virtio ext4 jbd2 mbcache crc16 crc32c_generic crc32c_intel"

@@ -131,6 +131,31 @@ step tc-temp find /usr -name ".*.tmp"
 step tc-ro touch /usr/share/typechange/x
 """
 
+# svcuser live: its sysusers.d user and tmpfiles.d folder made at once, its service (User=svcuser)
+# started without a reboot; the next boot's deployment, written after, has the same user.
+SVCUSER_SCRIPT = """
+step su-before id svcuser
+step su-install lulayer install svcuser --live
+step su-id id -u svcuser
+step su-dir stat -c '%U %G %a' /var/lib/svcuser
+step su-start systemctl start svcuser.service
+step su-whoami sh -c 'for i in $(seq 100); do test -s /var/lib/svcuser/whoami && break; sleep 0.2; done; \
+    cat /var/lib/svcuser/whoami'
+step su-active systemctl is-active svcuser.service
+step su-ps sh -c 'ps -o user= -p "$(systemctl show -p MainPID --value svcuser.service)"'
+step su-settle lulayer finalize
+step su-next python3 /run/lulayer-vm/share/su-next.py
+"""
+
+# In the guest: svcuser's lines in the live /etc and in the /etc of the deployment that boots next.
+SVCUSER_NEXT = r"""
+import json, subprocess
+d = json.loads(subprocess.run(["lulayer", "status", "--json"], capture_output=True, check=True,
+                              text=True).stdout)["deployments"][0]
+for etc in ("/etc", f"/ostree/deploy/debian/deploy/{d['checksum']}.{d['serial']}/etc"):
+    print(next(line for line in open(f"{etc}/passwd") if line.startswith("svcuser:")), end="")
+"""
+
 
 # In the guest: typechange's live trees against those of the next boot's deployment, which
 # holds the target commit: type, mode, owner, content, symlink target, xattrs.
@@ -163,13 +188,15 @@ sys.exit(1 if bad or not live else 0)
 
 @pytest.fixture(scope="module")
 def unit_and_typechange_boot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Boot]:
-    """One boot shared by two tests (each boot costs minutes under TCG): a systemd unit
-    installed live, then a type-changing upgrade applied live."""
+    """One boot shared by three tests (each boot costs minutes under TCG): a systemd unit
+    installed live, then a type-changing upgrade applied live, then a service running as its own
+    user installed live."""
     machine = VM(tmp_path_factory.mktemp("vm-unit-typechange") / "vm")
     fx.make_repo(machine.share / "typechange-repo",
                  [*fx.default_repo_packages(), fx.rpm_path("typechange", "2.0")])
     (machine.share / "tc-compare.py").write_text(TYPECHANGE_COMPARE)
-    yield machine.boot(UNIT_SCRIPT + TYPECHANGE_SCRIPT)
+    (machine.share / "su-next.py").write_text(SVCUSER_NEXT)
+    yield machine.boot(UNIT_SCRIPT + TYPECHANGE_SCRIPT + SVCUSER_SCRIPT)
     machine.disk.unlink(missing_ok=True)
 
 
@@ -204,6 +231,24 @@ def test_upgrade_live_changes_the_type_of_paths_on_the_booted_host(unit_and_type
     assert "differing: []" in b.ok("tc-compare")
     assert b.ok("tc-temp").strip() == ""
     assert "Read-only file system" in b.failed("tc-ro")
+
+
+def test_install_live_service_runs_as_its_own_user_without_a_reboot(unit_and_typechange_boot: Boot) -> None:
+    b = unit_and_typechange_boot
+    b.failed("su-before")
+    out = b.ok("su-install")
+    assert "Live added: svcuser-1.0-1.fc41.noarch" in out, out
+    assert "Created: user svcuser" in out, out
+    uid = b.ok("su-id").strip()
+    assert uid.isdigit() and uid != "0", uid
+    assert b.ok("su-dir").strip() == "svcuser svcuser 750"
+    b.ok("su-start")
+    assert b.ok("su-whoami").strip() == "svcuser"
+    assert b.ok("su-active").strip() == "active"
+    assert b.ok("su-ps").strip() == "svcuser"
+    b.ok("su-settle")
+    live, next_boot = b.ok("su-next").splitlines()
+    assert live == next_boot  # the same uid, gid and home
 
 
 def test_uninstall_live_removes_at_once_and_from_the_next_boot_its_etc_files_too(vm: VM) -> None:
