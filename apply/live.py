@@ -77,7 +77,6 @@ from lulayer.mounts import (
 from lulayer.progress import Progress, ProgressReport
 from lulayer.rpmdb.db import commit_packages, tree_dbpath
 from lulayer.rpmdb.model import PackageChanges
-from lulayer.run import run
 from lulayer.signals import Stage, checkpoint, critical, reached
 from lulayer.sysroot import LIVE_BACKING, Deployment, Sysroot
 

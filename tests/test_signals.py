@@ -144,7 +144,7 @@ def _listing(sysroot: Path, commit: str) -> dict[str, str]:
 
 
 def _commits(repo: OSTree.Repo) -> list[str]:
-    repo.reload_config(None)  # noqa: sees objects written since
+    repo.reload_config(None)  # sees objects written since
     _, objs = repo.list_objects(OSTree.RepoListObjectsFlags.ALL, None)
     return [OSTree.object_name_deserialize(o)[0] for o in objs
             if OSTree.object_name_deserialize(o)[1] == OSTree.ObjectType.COMMIT]
