@@ -36,7 +36,7 @@ from gi.repository import Gio, GLib, OSTree  # noqa: E402
 from lulayer.errors import ComposeError, LulayerError  # noqa: E402
 from lulayer.fsutil import opened_dir, remove_path, remove_tree_at  # noqa: E402
 from lulayer.linux import MS_BIND  # noqa: E402
-from lulayer.mounts import mount, mount_overlay  # noqa: E402
+from lulayer.mounts import MountNamespace, mount, mount_overlay  # noqa: E402
 from lulayer.rpmdb.db import read_packages  # noqa: E402
 from lulayer.rpmdb.model import Package  # noqa: E402
 from lulayer.rpmdb.transaction import install_rpms, make_readonly_safe  # noqa: E402
@@ -110,7 +110,8 @@ def compose(repo: OSTree.Repo, scratch_dir: Path, req: ComposeRequest) -> str:
     installed = scratch / "packages.json"  # the new tree's rpmdb as the child reads it
     try:
         try:
-            run_in_child("lulayer-compose", lambda: _transaction(req, dirs, installed), new_mount_namespace=True)
+            run_in_child("lulayer-compose", lambda: _transaction(req, dirs, installed),
+                         mount_namespace=MountNamespace.PRIVATE)
         except LulayerError as e:
             raise ComposeError(f"composing the new tree failed: {e.message}", hint=e.hint) from e
         packages = tuple(Package(*p) for p in json.loads(installed.read_text()))
