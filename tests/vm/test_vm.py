@@ -61,7 +61,7 @@ step ostree-booted test -e /run/ostree-booted
 step no-marker test ! -e /run/lulayer/booted
 step pid1 cat /proc/1/comm
 step ostree-status ostree admin status
-step findmnt findmnt /sysroot /usr /
+step findmnt sh -c 'findmnt /sysroot; findmnt /usr; findmnt /'
 step origin sh -c 'cat /sysroot/ostree/deploy/debian/deploy/*.origin'
 step repo-config cat /sysroot/ostree/repo/config
 step sysroot-touch touch /sysroot/x
