@@ -66,17 +66,20 @@ from lulayer.layering import vardirs
 from lulayer.linux import MS_BIND, MS_RDONLY, MS_REMOUNT, RENAME_EXCHANGE, renameat2
 from lulayer.mounts import (
     MountInfo,
+    MountNamespace,
+    bind_writable,
     is_overlay_with_redirect_dir,
-    mount,
     mount_at,
     mount_overlay,
     mounts,
     overlay_dirs,
+    set_read_only,
     unmount,
 )
 from lulayer.progress import Progress, ProgressReport
 from lulayer.rpmdb.db import commit_packages, tree_dbpath
 from lulayer.rpmdb.model import PackageChanges
+from lulayer.run import run, run_in_child
 from lulayer.signals import Stage, checkpoint, critical, reached
 from lulayer.sysroot import LIVE_BACKING, Deployment, Sysroot
 
@@ -180,18 +183,47 @@ def writable_usr(sysroot: Sysroot, booted: Deployment) -> Iterator[tuple[Path, b
         _drop_backing(back)  # an upper layer from an earlier boot: /usr is pristine again
         (back / "upper").mkdir(parents=True)
         (back / "work").mkdir()
-        mount_overlay(usr, usr, back / "upper", back / "work", redirect_dir=True)
+        _in_running_system(sysroot, "lulayer-mount", lambda: _mount_live_overlay(sysroot, usr, back))
         info = mount_at(usr)
-    if info is None:
-        raise LiveApplyError(f"the overlay on {usr} vanished", hint="run `lulayer apply-live` again")
+    if info is None or info.fstype != "overlay":
+        raise LiveApplyError(f"the overlay on {usr} is not there", hint="run `lulayer apply-live` again")
     ours = _is_ours(sysroot, booted, info)
     if "ro" in info.options:
-        mount(None, usr, None, MS_REMOUNT | MS_BIND)
+        set_read_only(usr, False)
     try:
         yield usr, is_overlay_with_redirect_dir(info)
     finally:
         if ours:  # read-only to other processes between live applies, as ostree's transient unlock is
-            mount(None, usr, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+            set_read_only(usr, True)
+
+
+def _in_running_system(sysroot: Sysroot, name: str, work: Callable[[], None]) -> None:
+    """Run work where the running system's mounts are: on a host, in a child in PID 1's mount
+    namespace (this process writes from one of its own, mounts.host_writer_namespace); on a
+    folder sysroot, here."""
+    if sysroot.folder:
+        work()
+    else:
+        run_in_child(name, work, mount_namespace=MountNamespace.HOST)
+
+
+def _mount_live_overlay(sysroot: Sysroot, usr: Path, back: Path) -> None:
+    """Mount the live overlay on usr, read-only (per mount: set_read_only), its layers in back.
+
+    On a host this runs in PID 1's mount namespace, where /sysroot, and back with it, may be
+    read-only: the overlay's upper layer must be on a writable mount, so back is bind-mounted
+    read-write onto itself for the mount, and that bind mount is detached at once (the overlay
+    keeps a private clone of it). The overlay reaches the writer's namespace (a slave of PID 1's)
+    read-write, as it is mounted; the read-only flag set after it in PID 1's does not propagate.
+    """
+    if not sysroot.folder:
+        bind_writable(back)
+    try:
+        mount_overlay(usr, usr, back / "upper", back / "work", redirect_dir=True)
+        set_read_only(usr, True)
+    finally:
+        if not sysroot.folder:
+            unmount(back, lazy=True)
 
 
 def _is_ours(sysroot: Sysroot, booted: Deployment, info: MountInfo) -> bool:
@@ -639,7 +671,7 @@ def reset(sysroot: Sysroot) -> LiveResult:
     _step("reset-marked")
     if ours:
         # Lazily: processes running from the live /usr keep their files.
-        unmount(usr, lazy=True)
+        _in_running_system(sysroot, "lulayer-umount", lambda: unmount(usr, lazy=True))
     _step("reset-unmounted")
     _drop_backing(sysroot.backing_dir(booted))
     live_state.clear_state(sysroot, booted)

@@ -38,7 +38,7 @@ from lulayer.faults import fault  # noqa: E402
 from lulayer.fsutil import opened_dir, remove_path, remove_tree_at  # noqa: E402
 from lulayer.layering import vardirs  # noqa: E402
 from lulayer.linux import MS_BIND  # noqa: E402
-from lulayer.mounts import mount, mount_overlay  # noqa: E402
+from lulayer.mounts import MountNamespace, mount, mount_overlay  # noqa: E402
 from lulayer.rpmdb.db import read_packages  # noqa: E402
 from lulayer.rpmdb.model import Package  # noqa: E402
 from lulayer.rpmdb.transaction import install_rpms, make_readonly_safe  # noqa: E402
@@ -126,7 +126,7 @@ def compose(repo: OSTree.Repo, scratch_dir: Path, req: ComposeRequest) -> str:
     try:
         try:
             run_in_child("lulayer-compose", lambda: _transaction(req, dirs, installed, base_db),
-                         new_mount_namespace=True)
+                         mount_namespace=MountNamespace.PRIVATE)
         except LulayerError as e:
             raise ComposeError(f"composing the new tree failed: {e.message}", hint=e.hint) from e
         packages = tuple(Package(*p) for p in json.loads(installed.read_text()))

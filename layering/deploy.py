@@ -14,7 +14,7 @@ from lulayer.apply.etc import fix_merged_etc, read_added
 from lulayer.apply.live import drop_stale_backing
 from lulayer.errors import SysrootError
 from lulayer.linux import CAP_SYS_ADMIN, without_capability
-from lulayer.mounts import mount_at, unmount
+from lulayer.mounts import MountNamespace, mount_at, unmount
 from lulayer.run import run_in_child
 from lulayer.sysroot import Deployment, Origin, Sysroot, deployment_name
 
@@ -99,7 +99,7 @@ def deploy(sysroot: Sysroot, commit: str, origin: Origin, merge: Deployment) -> 
             # of the namespace they were opened in.
             _deploy(Sysroot(sysroot.path if sysroot.folder else None), commit, origin, merge)
 
-        run_in_child("lulayer-deploy", pristine, new_mount_namespace=True)
+        run_in_child("lulayer-deploy", pristine, mount_namespace=MountNamespace.PRIVATE)
         sysroot.reload()
         drop_stale_backing(sysroot)  # here too: the child did not see this namespace's mounts
     return sysroot.deployments()[0]

@@ -36,12 +36,13 @@ from lulayer.layering.layer import Layering, LayerResult
 from lulayer.layering.resolver import split_specs
 from lulayer.layering.status import Status, read_status
 from lulayer.lock import sysroot_lock
+from lulayer.mounts import host_writer_namespace
 from lulayer.progress import ProgressReport
 from lulayer.rpmdb.db import commit_packages, tree_dbpath
 from lulayer.rpmdb.model import PackageChanges
 from lulayer.run import run
 from lulayer.signals import Stage
-from lulayer.sysroot import Deployment, Sysroot, require_root
+from lulayer.sysroot import OSTREE_BOOTED, Deployment, Sysroot, require_root
 
 
 class Reporter(Protocol):
@@ -174,8 +175,14 @@ class Transaction:
     @classmethod
     @contextmanager
     def begin(cls, sysroot_path: Path | None, reporter: Reporter) -> Iterator[Transaction]:
-        """The sysroot, locked for the block (waiting for another holder, named)."""
+        """The sysroot, locked for the block (waiting for another holder, named).
+
+        On a booted host the process first moves to a mount namespace of its own in which
+        /sysroot and /boot are writable (mounts.host_writer_namespace): a read-only /sysroot
+        stays read-only for every other process, before, during and after the command."""
         require_root()
+        if sysroot_path is None and OSTREE_BOOTED.exists():
+            host_writer_namespace()
         sysroot = Sysroot(sysroot_path)
         with sysroot_lock(sysroot, on_wait=reporter.say):
             tx = cls(sysroot, reporter)

@@ -1,4 +1,4 @@
-"""The Linux system calls Python lacks: mount, umount2, unshare, renameat2, prctl, capget/capset.
+"""The Linux system calls Python lacks: mount, umount2, unshare, setns, renameat2, prctl, capget/capset.
 
 libc is loaded once and every function's argument types are declared once.
 A failure raises OSError with the errno and the path it concerns; the caller
@@ -17,14 +17,23 @@ from typing import Final
 
 # mount(2)
 MS_RDONLY: Final = 1
+MS_NOSUID: Final = 2
+MS_NODEV: Final = 4
+MS_NOEXEC: Final = 8
 MS_REMOUNT: Final = 32
+MS_NOATIME: Final = 1024
+MS_NODIRATIME: Final = 2048
 MS_BIND: Final = 4096
 MS_REC: Final = 0x4000
 MS_PRIVATE: Final = 1 << 18
+MS_SHARED: Final = 1 << 20
+MS_SLAVE: Final = 1 << 19
+MS_RELATIME: Final = 1 << 21
+MS_STRICTATIME: Final = 1 << 24
 # umount2(2)
 MNT_DETACH: Final = 2
 UMOUNT_NOFOLLOW: Final = 8
-# unshare(2)
+# unshare(2), setns(2)
 CLONE_NEWNS: Final = 0x00020000
 # renameat2(2)
 RENAME_NOREPLACE: Final = 1 << 0
@@ -56,6 +65,8 @@ def _load() -> ctypes.CDLL:
     libc.umount2.restype = c_int
     libc.unshare.argtypes = [c_int]
     libc.unshare.restype = c_int
+    libc.setns.argtypes = [c_int, c_int]
+    libc.setns.restype = c_int
     libc.prctl.argtypes = [c_int, c_ulong, c_ulong, c_ulong, c_ulong]
     libc.prctl.restype = c_int
     libc.capget.argtypes = [ctypes.POINTER(_CapHeader), ctypes.POINTER(_CapData)]
@@ -99,6 +110,11 @@ def umount2(target: str | os.PathLike[str], flags: int = 0) -> None:
 def unshare(flags: int) -> None:
     """unshare(2)."""
     _check(_libc.unshare(flags))
+
+
+def setns(fd: int, nstype: int) -> None:
+    """setns(2): join the namespace fd refers to (a mount namespace: single-threaded callers only)."""
+    _check(_libc.setns(fd, nstype))
 
 
 def set_pdeathsig(sig: int) -> None:

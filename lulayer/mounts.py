@@ -1,5 +1,11 @@
 """Mounts: reading the mount table, overlays, and mount namespaces.
 
+On a booted host every command that changes the system writes from a mount
+namespace of its own (host_writer_namespace), as rpm-ostreed does: a slave of the
+host's, in which /sysroot and /boot are remounted read-write; nobody else sees
+them writable. What the running system must see (the live overlay on /usr) is
+mounted from a child that joins PID 1's mount namespace (MountNamespace.HOST).
+
 The live overlay needs redirect_dir=on: without it overlayfs refuses to rename a
 directory that comes from the lower layer (EXDEV), and the live-apply swap of a
 directory with RENAME_EXCHANGE is exactly such a rename.
@@ -10,7 +16,9 @@ from __future__ import annotations
 import errno
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Final
 
@@ -21,6 +29,14 @@ from lulayer.errors import LiveApplyError, LulayerError
 _MAX_MOUNT_DATA: Final = 4095
 _OVERLAY_PARAMS: Final = Path("/sys/module/overlay/parameters")
 _OCTAL: Final = re.compile(r"\\([0-7]{3})")
+# The per-mount flags a bind remount sets; one it leaves out is cleared.
+_MOUNT_FLAGS: Final = {"nosuid": linux.MS_NOSUID, "nodev": linux.MS_NODEV, "noexec": linux.MS_NOEXEC,
+                       "noatime": linux.MS_NOATIME, "nodiratime": linux.MS_NODIRATIME,
+                       "relatime": linux.MS_RELATIME, "strictatime": linux.MS_STRICTATIME}
+# What libostree remounts read-write for a writer in its own mount namespace
+# (src/libostree/ostree-sysroot.c _ostree_sysroot_ensure_writable).
+HOST_WRITABLE: Final = (Path("/sysroot"), Path("/boot"))
+PID1_MOUNT_NAMESPACE: Final = Path("/proc/1/ns/mnt")
 
 
 @dataclass(frozen=True)
@@ -219,6 +235,67 @@ def unmount(target: Path, *, lazy: bool = False) -> None:
         if e.errno == errno.EINVAL:
             raise LiveApplyError(f"cannot unmount {target}: it is not a mount point") from e
         raise LiveApplyError(f"cannot unmount {target}: {e.strerror}") from e
+
+
+def set_read_only(target: Path, read_only: bool) -> None:
+    """Make the mount at target read-only or read-write for this mount namespace alone
+    (MS_REMOUNT|MS_BIND: a per-mount flag, never the file system's), keeping its other flags."""
+    info = mount_at(target)
+    if info is None:
+        raise LiveApplyError(f"cannot remount {target}: it is not a mount point")
+    flags = linux.MS_REMOUNT | linux.MS_BIND | (linux.MS_RDONLY if read_only else 0)
+    for option in info.options:
+        flags |= _MOUNT_FLAGS.get(option, 0)
+    mount(None, target, None, flags)
+
+
+def bind_writable(path: Path) -> None:
+    """Bind-mount path onto itself, read-write, whatever the mount it is on says (the file
+    system itself must be writable)."""
+    mount(str(path), path, None, linux.MS_BIND)
+    set_read_only(path, False)
+
+
+class MountNamespace(StrEnum):
+    """Where a child's mounts go (run.run_in_child)."""
+
+    INHERITED = "inherited"  # the parent's
+    PRIVATE = "private"  # a new one of its own: they vanish with it, even when it is killed
+    HOST = "host"  # PID 1's: the running system's, seen by every process
+
+
+def join_host_mount_namespace() -> None:
+    """Join PID 1's mount namespace (a single-threaded process: a forked child)."""
+    try:
+        fd = os.open(PID1_MOUNT_NAMESPACE, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            linux.setns(fd, linux.CLONE_NEWNS)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise LulayerError(f"cannot join the host's mount namespace ({PID1_MOUNT_NAMESPACE}): {e.strerror}") from e
+
+
+def host_writer_namespace(writable: Sequence[Path] = HOST_WRITABLE) -> None:
+    """Give this process a mount namespace of its own in which the writable paths (each
+    mount at or under them) are read-write, whatever they are for the rest of the system.
+
+    As rpm-ostreed (src/daemon/rpm-ostreed.service MountFlags=slave, and
+    src/daemon/rpmostreed-transaction.cxx ostree_sysroot_set_mount_namespace_in_use) and
+    libostree (src/libostree/ostree-sysroot.c ostree_sysroot_initialize_with_mount_namespace):
+    a new namespace, a slave of the host's, so that the host's mounts (the live overlay) still
+    reach it and nothing mounted here reaches the host. The remounts are per mount
+    (MS_REMOUNT|MS_BIND), where libostree remounts the file system: a read-only /sysroot of the
+    host stays read-only for every other process, and after the command there is nothing to undo.
+    """
+    try:
+        linux.unshare(linux.CLONE_NEWNS)
+    except OSError as e:
+        raise LulayerError(f"cannot make a mount namespace: {e.strerror}") from e
+    mount(None, Path("/"), None, linux.MS_REC | linux.MS_SLAVE)
+    for m in mounts():
+        if "ro" in m.options and any(m.mountpoint == p or p in m.mountpoint.parents for p in writable):
+            set_read_only(m.mountpoint, False)
 
 
 def unshare_mount_namespace() -> None:

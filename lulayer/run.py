@@ -17,6 +17,7 @@ from pathlib import Path
 
 from lulayer import linux, signals
 from lulayer.errors import CommandError, LulayerError
+from lulayer.mounts import MountNamespace, join_host_mount_namespace, unshare_mount_namespace
 
 log = logging.getLogger(__name__)
 
@@ -100,27 +101,30 @@ def _report(fd: int | None, exc: BaseException) -> None:
         view = view[os.write(fd, view):]
 
 
-def run_in_child(name: str, work: Callable[[], None], *, new_mount_namespace: bool = False) -> None:
+def run_in_child(name: str, work: Callable[[], None], *,
+                 mount_namespace: MountNamespace = MountNamespace.INHERITED) -> None:
     """Run work in a forked child and wait for it, as if it ran here: what it raises is
     raised here (a LulayerError as it is, anything else as ChildFailed with its traceback).
 
     The child is named name (/proc/PID/comm) and dies with us (PR_SET_PDEATHSIG). It leads a
     process group of its own, so a Ctrl-C on the terminal reaches us alone: on INT, TERM or
     HUP we kill the group (its scriptlets too) and wait for it before raising Interrupted,
-    so nothing writes into what the caller then removes. With
-    new_mount_namespace it has a private mount namespace of its own, so its mounts vanish
-    with it, even when it is killed. A fork, not a new interpreter: the child has every
-    module already imported. Its output (scriptlets') goes to a temporary file.
+    so nothing writes into what the caller then removes. Its mounts go where mount_namespace
+    says: PRIVATE, a mount namespace of its own, so they vanish with it, even when it is
+    killed; HOST, PID 1's, so every process sees them. A fork, not a new interpreter: the
+    child has every module already imported (and one thread, as setns wants). Its output
+    (scriptlets') goes to a temporary file.
     """
-    from lulayer.mounts import unshare_mount_namespace
 
     def child() -> None:
         os.setpgid(0, 0)
         signals.restore_defaults()
         linux.set_pdeathsig(signal.SIGKILL)
         linux.set_name(name)
-        if new_mount_namespace:
+        if mount_namespace is MountNamespace.PRIVATE:
             unshare_mount_namespace()
+        elif mount_namespace is MountNamespace.HOST:
+            join_host_mount_namespace()
         work()
 
     read_end, write_end = os.pipe2(os.O_CLOEXEC)

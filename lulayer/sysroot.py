@@ -27,6 +27,7 @@ from lulayer.errors import SysrootError  # noqa: E402
 from lulayer.imageref import BadImageReference, ImageReference  # noqa: E402
 
 BOOTED_MARKER = Path("run/lulayer/booted")
+OSTREE_BOOTED = Path("/run/ostree-booted")  # made by ostree-prepare-root on a host booted from a deployment
 
 
 class RefspecKind(StrEnum):
@@ -316,7 +317,7 @@ class Sysroot:
         if self.folder:
             self.ostree = OSTree.Sysroot.new(Gio.File.new_for_path(str(self.path)))
         else:
-            if not Path("/run/ostree-booted").exists():
+            if not OSTREE_BOOTED.exists():
                 raise SysrootError(
                     "this system was not booted from an OSTree deployment",
                     hint="use --sysroot DIR to work on a folder sysroot",

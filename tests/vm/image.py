@@ -3,11 +3,23 @@
 What it makes, cached in ``.cache/vm/image-<hash>/`` (the hash covers this file,
 ``debian-base.spec`` and ``guest/*``), after ../shared/design/vm-testing.md:
 
-* ``disk.raw``: a sparse raw disk, one ext4 file system labelled ``lulayer-vm``
-  holding an OSTree sysroot (``ostree admin init-fs``, ``os-init debian``) with
-  one deployment of the ref ``debian/12/x86_64/lulayer-vm``. Tests never write
-  it: each boots a qcow2 overlay of it (see runner.py).
-* ``boot/``: a copy of the disk's ``/boot`` (``loader/entries/*.conf`` and the
+* ``disk-CONFIG.raw`` for each host configuration (``HostConfig``): a sparse raw
+  disk, one ext4 file system labelled ``lulayer-vm`` holding an OSTree sysroot
+  (``ostree admin init-fs``, ``os-init debian``) with one deployment of the same
+  tree. Tests never write it: each boots a qcow2 overlay of it (see runner.py).
+
+  - ``today`` (the default), the host Fedora CoreOS, Silverblue and bootc are now:
+    the deployment follows a container image (``[origin]
+    container-image-reference=`` fixtures.build.IMAGE_REFERENCE), its commit stored as
+    ostree-ext stores a pulled image (a layer under ``ostree/container/blob/``, the merge
+    commit under ``ostree/container/image/...``, no ostree ref: fixtures.build._write_image);
+    and ``[sysroot] readonly=true`` in the repository's config, so that ostree-prepare-root
+    and ostree-remount (ostree 2022.7, Debian 12's: src/switchroot/ostree-prepare-root.c
+    sysroot_is_configured_ro, ostree-remount.c) mount ``/sysroot`` read-only, with ``/etc``
+    and ``/var`` read-write bind mounts.
+  - ``legacy``: the ref ``debian/12/x86_64/lulayer-vm`` in ``[origin] refspec``, and
+    ``/sysroot`` read-write (ostree's default).
+* ``boot-CONFIG/``: a copy of that disk's ``/boot`` (``loader/entries/*.conf`` and the
   kernel and initramfs they name), what qemu's ``-kernel/-initrd/-append`` need
   for the first boot.
 
@@ -40,6 +52,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from enum import StrEnum
 from pathlib import Path
 
 from fixtures import build as fx
@@ -53,6 +66,7 @@ MIRROR = os.environ.get("LULAYER_VM_MIRROR", "http://deb.debian.org/debian")
 SUITE = "bookworm"
 OSNAME = "debian"
 REF = "debian/12/x86_64/lulayer-vm"
+VERSION = "12.lulayer-vm"
 LABEL = "lulayer-vm"
 DISK_SIZE = "6G"
 GUEST_REPO = "/run/lulayer-vm/repo"  # where each boot mounts the fixture repository
@@ -71,6 +85,26 @@ DRACUT_DRIVERS = "virtio_blk virtio_pci virtio_ring virtio ext4 jbd2 mbcache crc
 # The stateroot's /var folders that rpm-ostree's layout (fixtures.build.ostree_layout) links to.
 VAR_DIRS = {"home": 0o755, "roothome": 0o700, "mnt": 0o755, "opt": 0o755, "srv": 0o755,
             "usrlocal": 0o755, "tmp": 0o1777, "lib": 0o755, "cache": 0o755, "log": 0o755}
+
+
+class HostConfig(StrEnum):
+    """How the VM's host is set up (see the module docstring)."""
+
+    TODAY = "today"  # container-image origin, read-only /sysroot
+    LEGACY = "legacy"  # refspec origin, read-write /sysroot
+
+    @property
+    def container_origin(self) -> bool:
+        return self is HostConfig.TODAY
+
+    @property
+    def readonly_sysroot(self) -> bool:
+        return self is HostConfig.TODAY
+
+    @property
+    def origin_line(self) -> str:
+        """How lulayer status names what the booted deployment follows."""
+        return fx.IMAGE_REFERENCE if self.container_origin else REF
 
 
 class ImageError(RuntimeError):
@@ -134,7 +168,7 @@ def _chroot_mounts(root: Path) -> Iterator[None]:
 
 
 def _chroot(root: Path, *cmd: str) -> str:
-    # The caller's TMPDIR (the test runs set one of their own) does not exist in the chroot.
+    # The caller's TMPDIR (a test run's own) does not exist in the chroot: maintainer scripts fail on it.
     return _run(["chroot", root, *cmd], env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "TMPDIR": "/tmp"})
 
 
@@ -207,14 +241,27 @@ def _base_rpmdb(root: Path, work: Path) -> None:
     shutil.rmtree(top)
 
 
-def _sysroot(dest: Path, tree: Path) -> None:
+def _sysroot(dest: Path, tree: Path, config: HostConfig) -> None:
     dest.mkdir()
+    repo = dest / "ostree/repo"
     _run(["ostree", "admin", "init-fs", dest])
     _run(["ostree", "admin", f"--sysroot={dest}", "os-init", OSNAME])
-    _run(["ostree", f"--repo={dest}/ostree/repo", "commit", f"--branch={REF}", f"--tree=dir={tree}", "--no-xattrs",
-          "--add-metadata-string=version=12.lulayer-vm", "--subject=Debian 12 OSTree host (lulayer VM tests)",
+    _run(["ostree", f"--repo={repo}", "commit", f"--branch={REF}", f"--tree=dir={tree}", "--no-xattrs",
+          f"--add-metadata-string=version={VERSION}", "--subject=Debian 12 OSTree host (lulayer VM tests)",
           "--fsync=false"])
-    fx.ostree_admin(dest, "deploy", f"--os={OSNAME}", *(f"--karg={k}" for k in KARGS), REF)
+    kargs = [f"--karg={k}" for k in KARGS]
+    if not config.container_origin:
+        fx.ostree_admin(dest, "deploy", f"--os={OSNAME}", *kargs, REF)
+    else:
+        base = _run(["ostree", f"--repo={repo}", "rev-parse", REF]).strip()
+        merge = fx._write_image(repo, [base], version=VERSION, created=fx.IMAGE_CREATED)
+        _run(["ostree", f"--repo={repo}", "refs", "--delete", REF])
+        origin = dest / ".origin.tmp"
+        origin.write_text(f"[origin]\ncontainer-image-reference={fx.IMAGE_REFERENCE}\n")
+        fx.ostree_admin(dest, "deploy", f"--os={OSNAME}", *kargs, f"--origin-file={origin}", merge)
+        origin.unlink()
+    if config.readonly_sysroot:
+        _run(["ostree", f"--repo={repo}", "config", "set", "sysroot.readonly", "true"])
     var = dest / "ostree/deploy" / OSNAME / "var"
     for name, mode in VAR_DIRS.items():
         (var / name).mkdir(parents=True, exist_ok=True)
@@ -224,7 +271,7 @@ def _sysroot(dest: Path, tree: Path) -> None:
 def _build(final: Path) -> dict[str, object]:
     times: dict[str, float] = {}
     work = Path(tempfile.mkdtemp(prefix=".build-", dir=CACHE))
-    tree, sysroot = work / "tree", work / "sysroot"
+    tree = work / "tree"
     try:
         t = time.monotonic()
         log(f"debootstrap {SUITE} from {MIRROR}")
@@ -238,19 +285,20 @@ def _build(final: Path) -> dict[str, object]:
         _guest_files(tree)
         _base_rpmdb(tree, work)
         fx.ostree_layout(tree)
-        log("commit and deploy")
-        _sysroot(sysroot, tree)
-        shutil.rmtree(tree)
-        times["commit+deploy"] = time.monotonic() - t
-        t = time.monotonic()
-        log("ext4 disk")
         out = Path(str(final) + ".tmp")
         if out.exists():
             shutil.rmtree(out)
         out.mkdir()
-        shutil.copytree(sysroot / "boot", out / "boot", symlinks=True)
-        _run(["mkfs.ext4", "-q", "-L", LABEL, "-E", "root_owner=0:0", "-d", sysroot, out / "disk.raw", DISK_SIZE])
-        times["disk"] = time.monotonic() - t
+        for config in HostConfig:  # one tree, a disk per host configuration
+            sysroot = work / f"sysroot-{config}"
+            log(f"commit, deploy and ext4 disk ({config})")
+            _sysroot(sysroot, tree, config)
+            shutil.copytree(sysroot / "boot", out / f"boot-{config}", symlinks=True)
+            _run(["mkfs.ext4", "-q", "-L", LABEL, "-E", "root_owner=0:0", "-d", sysroot, out / f"disk-{config}.raw",
+                  DISK_SIZE])
+            fx.remove_sysroot(sysroot)
+        shutil.rmtree(tree)
+        times["commit+deploy+disks"] = time.monotonic() - t
         meta: dict[str, object] = {"kernel": kver, "ref": REF, "osname": OSNAME, "hash": inputs_hash(),
                                    "build_seconds": {k: round(v, 1) for k, v in times.items()}}
         (out / "image.json").write_text(json.dumps(meta, indent=1) + "\n")
@@ -261,7 +309,7 @@ def _build(final: Path) -> dict[str, object]:
 
 
 def image() -> Path:
-    """The cached image folder (disk.raw, boot/, image.json), built when missing."""
+    """The cached image folder (disk-CONFIG.raw, boot-CONFIG/, image.json), built when missing."""
     final = CACHE / f"image-{inputs_hash()}"
     if (final / "image.json").exists():
         return final

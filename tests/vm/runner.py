@@ -1,7 +1,8 @@
 """Boot the VM test image under qemu and run a shell script inside it.
 
-``VM(workdir)`` makes a qcow2 overlay of the cached image's disk in workdir (so a
-test never changes the image nor another test's disk) and a 9p share folder.
+``VM(workdir, config=)`` makes a qcow2 overlay of the cached image's disk for that host
+configuration (image.HostConfig, TODAY by default) in workdir (so a test never changes
+the image nor another test's disk) and a 9p share folder.
 ``vm.boot(script)`` writes the script and ``guest.sh`` to the share, boots the
 disk with qemu's software emulation (KVM is not usable on these machines),
 ``-kernel/-initrd/-append`` taken from the disk's current default boot loader
@@ -161,11 +162,13 @@ class Boot:
 class VM:
     """One test's machine: a qcow2 overlay of the image's disk, booted as often as the test likes."""
 
-    def __init__(self, workdir: Path, *, image_dir: Path | None = None, repo: Path | None = None) -> None:
+    def __init__(self, workdir: Path, *, config: vm_image.HostConfig = vm_image.HostConfig.TODAY,
+                 image_dir: Path | None = None, repo: Path | None = None) -> None:
         missing = vm_image.missing_host_tools()
         if missing:
             raise VMError(f"cannot run VM tests: missing {', '.join(missing)} (./dev setup installs them)")
         self.image = image_dir or vm_image.image()
+        self.config = config
         self.dir = Path(workdir).absolute()
         self.dir.mkdir(parents=True, exist_ok=True)
         self.disk = self.dir / "disk.qcow2"
@@ -177,8 +180,8 @@ class VM:
             repo = fx.fixture_repo()
         self.repo = repo
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b",
-                        str(self.image / "disk.raw"), str(self.disk)], check=True)
-        self.boot_dir = self.image / "boot"
+                        str(self.image / f"disk-{config}.raw"), str(self.disk)], check=True)
+        self.boot_dir = self.image / f"boot-{config}"
         self.boots: list[Boot] = []
 
     def boot(self, script: str, *, timeout: int = BOOT_TIMEOUT) -> Boot:

@@ -3,7 +3,8 @@
 Run with ``./dev test -m vm`` (the default run deselects them). Each test boots its
 own qcow2 overlay of the cached image (tests/vm/image.py) and runs shell steps
 inside through the image's driver service (tests/vm/runner.py). No qemu, no image:
-the test fails with the reason; it never skips.
+the test fails with the reason; it never skips. The host is today's (HostConfig.TODAY:
+a container-image origin, a read-only /sysroot) unless a test says otherwise.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from fixtures import build as fx
+from tests.vm.image import HostConfig
 from tests.vm.runner import VM, Boot
 
 # Not marked `root`: that marker skips when not root, and these must fail instead
@@ -42,25 +44,45 @@ def _deployments(boot: Boot, step: str) -> list[dict[str, object]]:
     return deps
 
 
+# /sysroot as PID 1's mount namespace has it: what every process but lulayer's own sees.
+SYSROOT_RO_STEP = "step {name} nsenter -t 1 -m findmnt -n -o OPTIONS /sysroot\n"
+
+
+def _sysroot_ro(boot: Boot, step: str) -> None:
+    """Step step (SYSROOT_RO_STEP) found /sysroot read-only in PID 1's mount namespace."""
+    options = boot.ok(step).strip()
+    assert options.split(",")[0] == "ro", f"boot {boot.number}: /sysroot in PID 1's namespace: {options}"
+
+
 def test_status_finds_the_booted_deployment_through_libostree(vm: VM) -> None:
+    """On today's host: a container-image origin and a read-only /sysroot."""
     b = vm.boot("""
 step ostree-booted test -e /run/ostree-booted
 step no-marker test ! -e /run/lulayer/booted
 step pid1 cat /proc/1/comm
 step ostree-status ostree admin status
+step findmnt sh -c 'findmnt /sysroot; findmnt /usr; findmnt /'
+step origin sh -c 'cat /sysroot/ostree/deploy/debian/deploy/*.origin'
+step repo-config cat /sysroot/ostree/repo/config
+step sysroot-touch touch /sysroot/x
 step status lulayer status
 step json lulayer status --json
 step usr-ro touch /usr/x
-""")
+""" + SYSROOT_RO_STEP.format(name="sysroot-ro"))
     b.ok("ostree-booted")
     b.ok("no-marker")
     assert b.ok("pid1").strip() == "systemd"
     b.failed("usr-ro")
+    assert "Read-only file system" in b.failed("sysroot-touch")
+    _sysroot_ro(b, "sysroot-ro")
+    assert f"container-image-reference={fx.IMAGE_REFERENCE}" in b.ok("origin"), b.ok("origin")
     booted = _booted(b, "json")
     assert booted["osname"] == "debian"
+    assert booted["container-image-reference"] == fx.IMAGE_REFERENCE, booted
     assert f"* debian {booted['checksum']}.{booted['serial']}" in b.ok("ostree-status")
     status = b.ok("status")
-    assert "● debian/12/x86_64/lulayer-vm (booted)" in status, status
+    assert f"● {fx.IMAGE_REFERENCE} (booted)" in status, status
+    assert "Digest: sha256:" in status, status
     assert str(booted["checksum"]) in status
 
 
@@ -77,10 +99,12 @@ step mount sh -c 'findmnt -n -o FSTYPE,OPTIONS /usr | tail -n 1'
 step same-ns sh -c 'test "$(readlink /proc/1/ns/mnt)" = "$(readlink /proc/self/ns/mnt)"'
 step pid1-sees sh -c 'grep " /usr .*lulayer-live/upper" /proc/1/mountinfo'
 step hook systemctl is-active lulayer-finalize.service
+""" + SYSROOT_RO_STEP.format(name="sysroot-ro-install") + """
+step no-bind sh -c 'nsenter -t 1 -m findmnt -rn -o TARGET | grep lulayer-live'
 step settle lulayer finalize
 step status lulayer status
 step json lulayer status --json
-""")
+""" + SYSROOT_RO_STEP.format(name="sysroot-ro-settle"))
     b.failed("before")
     out = b.ok("install")
     assert "Live added: htop-3.3.0-1.fc41.x86_64" in out, out
@@ -90,10 +114,15 @@ step json lulayer status --json
     assert "ncurses-libs-6.4-1.fc41.x86_64" in b.ok("rpm-q-dbpath")
     assert "Read-only file system" in b.failed("touch-usr")
     assert b.ok("mount").startswith("overlay ro"), b.ok("mount")
-    b.ok("same-ns")  # lulayer ran in the host's mount namespace, and PID 1 sees the overlay
+    b.ok("same-ns")  # the steps look from the host's mount namespace (lulayer writes from its own), and
+    # PID 1 sees the overlay
     b.ok("pid1-sees")
+    # /sysroot stayed read-only for everyone else; the upper layer's writable bind mount is gone.
+    _sysroot_ro(b, "sysroot-ro-install")
+    b.failed("no-bind")
     assert b.ok("hook").strip() == "active"  # the shutdown hook for the staged deployment is armed
     b.ok("settle")  # waits for the detached writer
+    _sysroot_ro(b, "sysroot-ro-settle")
     status = b.ok("status")
     assert "(pending)" in status and "LayeredPackages: htop" in status, status
     assert "LiveDiff: 2 added" in status, status
@@ -265,8 +294,9 @@ step status lulayer status
 step cfg-install lulayer install cfgpkg --live
 step cfg-etc cat /etc/cfgpkg.conf /etc/cfgpkg-post.conf
 step cfg-status lulayer status -v
-""")
+""" + SYSROOT_RO_STEP.format(name="sysroot-ro"))
     assert "htop 3.3.0" in b1.ok("htop")
+    _sysroot_ro(b1, "sysroot-ro")
     assert "Live removed: htop-3.3.0-1.fc41.x86_64" in b1.ok("uninstall")
     b1.failed("which")
     assert "not installed" in b1.failed("rpm-q")
@@ -321,7 +351,7 @@ step live-state sh -c 'ls /run/ostree/deployment-state/*/lulayer-live.json'
 step ostree-status ostree admin status
 step rollback lulayer rollback
 step after lulayer status --json
-""")
+""" + SYSROOT_RO_STEP.format(name="sysroot-ro"))
     booted = _booted(b2, "json")
     assert booted["checksum"] == pending["checksum"], (booted, pending)
     # The second boot read the loader entries lulayer's deploy wrote, not the first boot's.
@@ -335,6 +365,7 @@ step after lulayer status --json
     assert b2.ok("mount").split() == ["ext4"], b2.ok("mount")
     b2.failed("live-state")
     b2.ok("rollback")
+    _sysroot_ro(b2, "sysroot-ro")
     after = _deployments(b2, "after")
     assert after[0]["checksum"] == base["checksum"] and not after[0]["booted"], after
 
@@ -379,7 +410,7 @@ step rpm-q rpm -q htop
 step touch-usr sh -c 'touch /usr/x'
 step status lulayer status
 step json lulayer status --json
-""" + SIGTERM_SCRIPT)
+""" + SYSROOT_RO_STEP.format(name="sysroot-ro") + SIGTERM_SCRIPT)
     rc, out = b.step("killed")
     assert rc == 137, f"expected SIGKILL (137), got {rc}: {out}"
     assert "InterruptedLiveCommit" in b.ok("status-killed")
@@ -388,6 +419,7 @@ step json lulayer status --json
     assert b.ok("rpm-q").strip() == "htop-3.3.0-1.fc41.x86_64"
     b.failed("touch-usr")
     assert "InterruptedLiveCommit" not in b.ok("status")
+    _sysroot_ro(b, "sysroot-ro")
     deps = _deployments(b, "json")
     booted = next(d for d in deps if d["booted"])
     assert "live-inprogress" not in booted and booted["live-replaced"] == deps[0]["checksum"], deps
@@ -484,3 +516,36 @@ step json lulayer status --json
     assert deps[0]["requested-packages"] == ["htop"] and not deps[0]["booted"], deps
     booted = next(d for d in deps if d["booted"])
     assert booted["live-replaced"] == deps[0]["checksum"], booted
+
+
+def test_legacy_host_install_live_then_reboot_into_it(tmp_path: Path) -> None:
+    """The host of a few years ago: a refspec origin and a read-write /sysroot."""
+    vm = VM(tmp_path / "vm", config=HostConfig.LEGACY)
+    b1 = vm.boot("""
+step origin sh -c 'cat /sysroot/ostree/deploy/debian/deploy/*.origin'
+step sysroot findmnt -n -o OPTIONS /sysroot
+step install lulayer install htop --live
+step htop htop --version
+step settle lulayer finalize
+step status lulayer status
+step json lulayer status --json
+step sysroot-after nsenter -t 1 -m findmnt -n -o OPTIONS /sysroot
+""")
+    assert f"refspec={HostConfig.LEGACY.origin_line}" in b1.ok("origin"), b1.ok("origin")
+    assert b1.ok("sysroot").startswith("rw,"), b1.ok("sysroot")
+    assert "Live added: htop-3.3.0-1.fc41.x86_64" in b1.ok("install")
+    assert "htop 3.3.0" in b1.ok("htop")
+    assert f"● {HostConfig.LEGACY.origin_line} (booted)" in b1.ok("status"), b1.ok("status")
+    assert b1.ok("sysroot-after").startswith("rw,"), b1.ok("sysroot-after")
+    pending = _deployments(b1, "json")[0]
+    assert pending["requested-packages"] == ["htop"] and not pending["booted"], pending
+    b2 = vm.boot("""
+step json lulayer status --json
+step htop htop --version
+step rpm-q rpm -q htop
+""")
+    booted = _booted(b2, "json")
+    assert booted["checksum"] == pending["checksum"] and booted["origin"] == HostConfig.LEGACY.origin_line, booted
+    assert "htop 3.3.0" in b2.ok("htop")
+    assert b2.ok("rpm-q").strip() == "htop-3.3.0-1.fc41.x86_64"
+    vm.disk.unlink(missing_ok=True)
