@@ -1,7 +1,8 @@
-"""Build the VM test image: a booted-ready Debian 12 OSTree host on an ext4 disk.
+"""Build the VM test image: a booted-ready Debian OSTree host on an ext4 disk.
 
 What it makes, cached in ``.cache/vm/image-<hash>/`` (the hash covers this file,
-``debian-base.spec`` and ``guest/*``), after ../shared/design/vm-testing.md:
+``debian-base.spec`` and ``guest/*``; ``image-<guest>-<hash>/`` for a guest other
+than the default), after ../shared/design/vm-testing.md:
 
 * ``disk-CONFIG.raw`` for each host configuration (``HostConfig``): a sparse raw
   disk, one ext4 file system labelled ``lulayer-vm`` holding an OSTree sysroot
@@ -36,7 +37,16 @@ files that provides what the Debian base has (``/bin/sh``...).
 where each boot mounts the fixture repository (a 9p share). The service
 ``lulayer-vm-test.service`` runs the boot's script from the 9p share ``share``.
 
-    python -m tests.vm.image          # build (or reuse) the image, print its folder
+Two guests (``Guest``): ``DEFAULT``, Debian 12 as above, and ``COMPOSEFS``, Debian
+forky (testing) whose root is a composefs mount, with the ``today`` disk only. Debian
+12's and 13's ostree are built without composefs; forky's (2026.4) has it. There
+``/usr/lib/ostree/prepare-root.conf`` says ``[composefs] enabled = yes`` (in the commit,
+and in the initramfs through ostree's dracut module, which adds erofs and overlay), and
+the deployment is made by forky's own ostree, run in a hardlinked copy of the tree made
+before it is laid out, so that it gets its composefs image (``.ostree.cfs``). No
+fs-verity: ``enabled = yes`` does not ask for it, as ``signed`` would.
+
+    python -m tests.vm.image [forky-composefs]    # build (or reuse) the image, print its folder
 """
 
 from __future__ import annotations
@@ -52,6 +62,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 
@@ -105,6 +116,28 @@ class HostConfig(StrEnum):
     def origin_line(self) -> str:
         """How lulayer status names what the booted deployment follows."""
         return fx.IMAGE_REFERENCE if self.container_origin else REF
+
+
+@dataclass(frozen=True)
+class Guest:
+    """What the image is built from: a Debian release, with or without a composefs root."""
+
+    name: str  # in the cache folder's name
+    suite: str
+    version: str  # in the commit's version and subject
+    configs: tuple[HostConfig, ...] = tuple(HostConfig)  # a disk for each
+    composefs: bool = False
+    # The debootstrap script, for a suite the host's debootstrap does not know by name.
+    script: str | None = None
+
+
+DEFAULT = Guest("bookworm", SUITE, "12")
+# Debian 14 "forky"; debootstrap 1.0.128 (Debian 12's) knows it through sid's script.
+COMPOSEFS = Guest("forky-composefs", "forky", "14", configs=(HostConfig.TODAY,), composefs=True,
+                  script="/usr/share/debootstrap/scripts/sid")
+GUESTS = {g.name: g for g in (DEFAULT, COMPOSEFS)}
+# ostree-prepare-root's configuration in the composefs guest: composefs required, not signed.
+PREPARE_ROOT_CONF = "[composefs]\nenabled = yes\n"
 
 
 class ImageError(RuntimeError):
@@ -172,11 +205,12 @@ def _chroot(root: Path, *cmd: str) -> str:
     return _run(["chroot", root, *cmd], env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "TMPDIR": "/tmp"})
 
 
-def _debootstrap(root: Path) -> None:
-    _run(["debootstrap", "--variant=minbase", f"--include={','.join(DEBOOTSTRAP_INCLUDE)}", SUITE, root, MIRROR])
+def _debootstrap(guest: Guest, root: Path) -> None:
+    _run(["debootstrap", "--variant=minbase", f"--include={','.join(DEBOOTSTRAP_INCLUDE)}", guest.suite, root,
+          MIRROR, *([guest.script] if guest.script else [])])
 
 
-def _install_packages(root: Path) -> str:
+def _install_packages(guest: Guest, root: Path) -> str:
     """The kernel, dracut, ostree and lulayer's needs; returns the kernel version."""
     # No service starts in the chroot.
     policy = root / "usr/sbin/policy-rc.d"
@@ -187,8 +221,15 @@ def _install_packages(root: Path) -> str:
     conf.parent.mkdir(parents=True, exist_ok=True)
     conf.write_text(f'hostonly="no"\ndracutmodules+=" {DRACUT_MODULES} "\ndrivers+=" {DRACUT_DRIVERS} "\n'
                     'compress="gzip"\n')
+    update = ["apt-get", "update", "-q"]
+    if guest.composefs:
+        # Before dracut runs: ostree's dracut module copies it into the initramfs.
+        (root / "usr/lib/ostree").mkdir(parents=True, exist_ok=True)
+        (root / "usr/lib/ostree/prepare-root.conf").write_text(PREPARE_ROOT_CONF)
+        # The mirror's testing Release can be older than its Valid-Until allows; debootstrap does not check it.
+        update.insert(1, "-o=Acquire::Check-Valid-Until=false")
     with _chroot_mounts(root):
-        _chroot(root, "apt-get", "update", "-q")
+        _chroot(root, *update)
         _chroot(root, "apt-get", "install", "-y", "-q", "--no-install-recommends", *CHROOT_PACKAGES)
         _chroot(root, "apt-get", "install", "-y", "-q", "--no-install-recommends", KERNEL_PACKAGE)
         kvers = [p.name for p in (root / "usr/lib/modules").iterdir() if (p / "modules.dep").exists()]
@@ -200,7 +241,9 @@ def _install_packages(root: Path) -> str:
                 f"/usr/lib/modules/{kver}/initramfs.img", kver)
         _chroot(root, "apt-get", "clean")
     policy.unlink()
-    shutil.copy2(root / f"boot/vmlinuz-{kver}", root / f"usr/lib/modules/{kver}/vmlinuz")
+    kernel = root / f"usr/lib/modules/{kver}/vmlinuz"
+    if not kernel.exists():  # forky's kernel package ships it there already (a hardlink of /boot's)
+        shutil.copy2(root / f"boot/vmlinuz-{kver}", kernel)
     return kver
 
 
@@ -241,24 +284,47 @@ def _base_rpmdb(root: Path, work: Path) -> None:
     shutil.rmtree(top)
 
 
-def _sysroot(dest: Path, tree: Path, config: HostConfig) -> None:
+def _deploy(guest: Guest, tools: Path | None, dest: Path, *args: str) -> None:
+    """ostree admin deploy ARGS into the sysroot DEST (ARGS name files in DEST as {sysroot}/...):
+    by the host's ostree, or for a composefs guest by its own in TOOLS, DEST bound into it, so
+    that the deployment gets its composefs image. Without CAP_SYS_ADMIN (no FIFREEZE of the
+    host's file system; fixtures.build.ostree_admin says why)."""
+    if not guest.composefs:
+        fx.ostree_admin(dest, "deploy", *(a.format(sysroot=dest) for a in args))
+        return
+    assert tools is not None
+    inside = Path("/run/lulayer-vm-build/sysroot")
+    mnt = tools / inside.relative_to("/")
+    mnt.mkdir(parents=True, exist_ok=True)
+    with _chroot_mounts(tools):
+        _run(["mount", "--bind", dest, mnt])
+        try:
+            _run(["setpriv", "--bounding-set=-sys_admin", "--inh-caps=-sys_admin", "chroot", tools,
+                  "ostree", "admin", f"--sysroot={inside}", "deploy", *(a.format(sysroot=inside) for a in args)],
+                 env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "TMPDIR": "/tmp"})
+        finally:
+            subprocess.run(["umount", mnt], check=False)
+
+
+def _sysroot(guest: Guest, dest: Path, tree: Path, config: HostConfig, tools: Path | None) -> None:
     dest.mkdir()
     repo = dest / "ostree/repo"
+    version = f"{guest.version}.lulayer-vm"
     _run(["ostree", "admin", "init-fs", dest])
     _run(["ostree", "admin", f"--sysroot={dest}", "os-init", OSNAME])
     _run(["ostree", f"--repo={repo}", "commit", f"--branch={REF}", f"--tree=dir={tree}", "--no-xattrs",
-          f"--add-metadata-string=version={VERSION}", "--subject=Debian 12 OSTree host (lulayer VM tests)",
-          "--fsync=false"])
+          f"--add-metadata-string=version={version}",
+          f"--subject=Debian {guest.version} OSTree host (lulayer VM tests)", "--fsync=false"])
     kargs = [f"--karg={k}" for k in KARGS]
     if not config.container_origin:
-        fx.ostree_admin(dest, "deploy", f"--os={OSNAME}", *kargs, REF)
+        _deploy(guest, tools, dest, f"--os={OSNAME}", *kargs, REF)
     else:
         base = _run(["ostree", f"--repo={repo}", "rev-parse", REF]).strip()
-        merge = fx._write_image(repo, [base], version=VERSION, created=fx.IMAGE_CREATED)
+        merge = fx._write_image(repo, [base], version=version, created=fx.IMAGE_CREATED)
         _run(["ostree", f"--repo={repo}", "refs", "--delete", REF])
         origin = dest / ".origin.tmp"
         origin.write_text(f"[origin]\ncontainer-image-reference={fx.IMAGE_REFERENCE}\n")
-        fx.ostree_admin(dest, "deploy", f"--os={OSNAME}", *kargs, f"--origin-file={origin}", merge)
+        _deploy(guest, tools, dest, f"--os={OSNAME}", *kargs, "--origin-file={sysroot}/.origin.tmp", merge)
         origin.unlink()
     if config.readonly_sysroot:
         _run(["ostree", f"--repo={repo}", "config", "set", "sysroot.readonly", "true"])
@@ -268,38 +334,42 @@ def _sysroot(dest: Path, tree: Path, config: HostConfig) -> None:
         (var / name).chmod(mode)
 
 
-def _build(final: Path) -> dict[str, object]:
+def _build(guest: Guest, final: Path) -> dict[str, object]:
     times: dict[str, float] = {}
     work = Path(tempfile.mkdtemp(prefix=".build-", dir=CACHE))
     tree = work / "tree"
+    tools = work / "tools" if guest.composefs else None
     try:
         t = time.monotonic()
-        log(f"debootstrap {SUITE} from {MIRROR}")
-        _debootstrap(tree)
+        log(f"debootstrap {guest.suite} from {MIRROR}")
+        _debootstrap(guest, tree)
         times["debootstrap"] = time.monotonic() - t
         t = time.monotonic()
         log("packages in the chroot (kernel, dracut, ostree, rpm, dnf, gi, click)")
-        kver = _install_packages(tree)
+        kver = _install_packages(guest, tree)
         times["packages"] = time.monotonic() - t
         t = time.monotonic()
         _guest_files(tree)
         _base_rpmdb(tree, work)
+        if tools is not None:  # a working chroot still: the layout moves /etc
+            _run(["cp", "-al", tree, tools])
         fx.ostree_layout(tree)
         out = Path(str(final) + ".tmp")
         if out.exists():
             shutil.rmtree(out)
         out.mkdir()
-        for config in HostConfig:  # one tree, a disk per host configuration
+        for config in guest.configs:  # one tree, a disk per host configuration
             sysroot = work / f"sysroot-{config}"
             log(f"commit, deploy and ext4 disk ({config})")
-            _sysroot(sysroot, tree, config)
+            _sysroot(guest, sysroot, tree, config, tools)
             shutil.copytree(sysroot / "boot", out / f"boot-{config}", symlinks=True)
             _run(["mkfs.ext4", "-q", "-L", LABEL, "-E", "root_owner=0:0", "-d", sysroot, out / f"disk-{config}.raw",
                   DISK_SIZE])
             fx.remove_sysroot(sysroot)
         shutil.rmtree(tree)
         times["commit+deploy+disks"] = time.monotonic() - t
-        meta: dict[str, object] = {"kernel": kver, "ref": REF, "osname": OSNAME, "hash": inputs_hash(),
+        meta: dict[str, object] = {"guest": guest.name, "kernel": kver, "ref": REF, "osname": OSNAME,
+                                   "composefs": guest.composefs, "hash": inputs_hash(),
                                    "build_seconds": {k: round(v, 1) for k, v in times.items()}}
         (out / "image.json").write_text(json.dumps(meta, indent=1) + "\n")
         os.rename(out, final)
@@ -308,9 +378,10 @@ def _build(final: Path) -> dict[str, object]:
         fx.remove_sysroot(work)
 
 
-def image() -> Path:
-    """The cached image folder (disk-CONFIG.raw, boot-CONFIG/, image.json), built when missing."""
-    final = CACHE / f"image-{inputs_hash()}"
+def image(guest: Guest = DEFAULT) -> Path:
+    """The cached image folder of GUEST (disk-CONFIG.raw, boot-CONFIG/, image.json), built when missing."""
+    # The default guest keeps its folder name of before there were two.
+    final = CACHE / (f"image-{inputs_hash()}" if guest == DEFAULT else f"image-{guest.name}-{inputs_hash()}")
     if (final / "image.json").exists():
         return final
     missing = missing_host_tools()
@@ -322,16 +393,21 @@ def image() -> Path:
     with _locked():
         if (final / "image.json").exists():
             return final
-        for old in CACHE.glob("image-*"):  # other inputs: stale
-            if old != final:
+        for old in CACHE.glob("image-*"):  # this guest's of other inputs: stale
+            if old != final and _guest_of(old) == guest:
                 shutil.rmtree(old, ignore_errors=True)
         for stale in CACHE.glob(".build-*"):
             fx.remove_sysroot(stale)
         t = time.monotonic()
-        meta = _build(final)
+        meta = _build(guest, final)
         log(f"built {final} in {time.monotonic() - t:.0f}s: {meta['build_seconds']}")
     return final
 
 
+def _guest_of(folder: Path) -> Guest | None:
+    name = folder.name.removeprefix("image-").rpartition("-")[0]
+    return GUESTS.get(name or DEFAULT.name)
+
+
 if __name__ == "__main__":
-    print(image())
+    print(image(GUESTS[sys.argv[1]] if len(sys.argv) > 1 else DEFAULT))
