@@ -63,7 +63,7 @@ from lulayer.fsutil import (
     write_file_atomic,
 )
 from lulayer.layering import vardirs
-from lulayer.linux import MS_BIND, MS_RDONLY, MS_REMOUNT, RENAME_EXCHANGE, renameat2
+from lulayer.linux import RENAME_EXCHANGE, renameat2
 from lulayer.mounts import (
     MountInfo,
     MountNamespace,
@@ -79,7 +79,7 @@ from lulayer.mounts import (
 from lulayer.progress import Progress, ProgressReport
 from lulayer.rpmdb.db import commit_packages, tree_dbpath
 from lulayer.rpmdb.model import PackageChanges
-from lulayer.run import run, run_in_child
+from lulayer.run import run_in_child
 from lulayer.signals import Stage, checkpoint, critical, reached
 from lulayer.sysroot import LIVE_BACKING, Deployment, Sysroot
 
