@@ -1,4 +1,4 @@
-"""The Linux system calls Python lacks: mount, umount2, unshare, renameat2, prctl, capget/capset.
+"""The Linux system calls Python lacks: mount, umount2, unshare, renameat2, syncfs, prctl, capget/capset.
 
 libc is loaded once and every function's argument types are declared once.
 A failure raises OSError with the errno and the path it concerns; the caller
@@ -62,6 +62,8 @@ def _load() -> ctypes.CDLL:
     libc.capget.restype = c_int
     libc.capset.argtypes = [ctypes.POINTER(_CapHeader), ctypes.POINTER(_CapData)]
     libc.capset.restype = c_int
+    libc.syncfs.argtypes = [c_int]
+    libc.syncfs.restype = c_int
     libc.syscall.restype = ctypes.c_long
     if hasattr(libc, "renameat2"):
         libc.renameat2.argtypes = [c_int, c_char_p, c_int, c_char_p, c_uint]
@@ -99,6 +101,12 @@ def umount2(target: str | os.PathLike[str], flags: int = 0) -> None:
 def unshare(flags: int) -> None:
     """unshare(2)."""
     _check(_libc.unshare(flags))
+
+
+def syncfs(fd: int) -> None:
+    """syncfs(2): write out the file system fd is on (an overlay's: its upper layer's), and
+    nothing else, as sync(2) would."""
+    _check(_libc.syncfs(fd))
 
 
 def set_pdeathsig(sig: int) -> None:
