@@ -13,6 +13,10 @@ fixtures.build.sysroot_template) and each run, on fresh clones of the template s
   booted deployment every 5 ms and, once it is there, runs it; the first run that exits 0
   ends the clock (bigpkg exits 0 only once all its 2,000 data files are there);
 * ``dnf_usable_s``: the same poller on the dnf baseline's tree (below);
+* ``cpu_s``, ``dnf_cpu_s``: the user + system CPU time of ``install --live`` and of the
+  dnf baseline (wait4's rusage: the process and the children it waited for, so not the
+  detached writer): on a machine shared with other work, wall times follow the load
+  while CPU times barely do;
 * ``written_s``: from the same start until the detached child that writes the staged
   deployment (layering/staged.py) has released the sysroot lock: the next boot is ready;
 * ``apply_live_s``: ``lulayer apply-live`` alone, after an untimed ``lulayer install htop``;
@@ -88,6 +92,8 @@ MEASURES: tuple[tuple[str, str, str], ...] = (
     ("install_s", "install (no --live)", "s"),
     ("dnf_s", "dnf baseline", "s"),
     ("dnf_usable_s", "dnf usable", "s"),
+    ("cpu_s", "install --live CPU", "s"),
+    ("dnf_cpu_s", "dnf CPU", "s"),
     ("ostree_union_add_s", "ostree union-add", "s"),
     ("import_floor_s", "import floor", "s"),
     ("peak_rss_mb", "peak RSS e2e", "MiB"),
@@ -96,7 +102,7 @@ MEASURED_KEYS: tuple[str, ...] = tuple(k for k, _, _ in MEASURES)
 # Also recorded per run (JSON only): the peak RSS of the two phase commands and of the
 # detached writer of the e2e run (its VmHWM, which it logs in run/lulayer/finalize.log).
 EXTRA_KEYS: tuple[str, ...] = ("install_rss_mb", "apply_live_rss_mb", "writer_rss_mb")
-RATIO_KEYS: tuple[str, ...] = ("install_live_vs_dnf", "usable_vs_dnf_usable", "written_vs_dnf",
+RATIO_KEYS: tuple[str, ...] = ("install_live_vs_dnf", "usable_vs_dnf_usable", "cpu_vs_dnf_cpu", "written_vs_dnf",
                                 "import_floor_vs_dnf", "apply_live_vs_ostree_union_add")
 
 CACHE_METHOD = (
@@ -181,6 +187,7 @@ class Timed:
     stdout: str
     stderr: str
     usable_s: float | None = None  # when the polled program first ran (see Poller)
+    cpu_s: float = 0.0  # user + system CPU time of the command and the children it waited for
 
 
 def _env() -> dict[str, str]:
@@ -251,7 +258,7 @@ def timed(cmd: Sequence[str | os.PathLike[str]], poll: Path | None = None) -> Ti
         stderr = err.read().decode(errors="replace")
     if proc.returncode != 0:
         raise BenchError(_describe(args, proc.returncode, stdout, stderr))
-    return Timed(seconds, int(usage.ru_maxrss), stdout, stderr, usable)
+    return Timed(seconds, int(usage.ru_maxrss), stdout, stderr, usable, usage.ru_utime + usage.ru_stime)
 
 
 def run(cmd: Sequence[str | os.PathLike[str]]) -> str:
@@ -474,6 +481,8 @@ class SizeBench:
             "install_live_s": e2e.seconds,
             "usable_s": e2e.usable_s,
             "dnf_usable_s": dnf.usable_s,
+            "cpu_s": e2e.cpu_s,
+            "dnf_cpu_s": dnf.cpu_s,
             "written_s": written,
             "import_floor_s": floor.seconds,
             "apply_live_s": apply.seconds,
@@ -524,6 +533,7 @@ def summarize(results: Results) -> dict[str, Any]:
                 "ratios": {
                     "install_live_vs_dnf": _ratio(m["install_live_s"], m["dnf_s"]),
                     "usable_vs_dnf_usable": _ratio(m["usable_s"], m["dnf_usable_s"]),
+                    "cpu_vs_dnf_cpu": _ratio(m["cpu_s"], m["dnf_cpu_s"]),
                     "written_vs_dnf": _ratio(m["written_s"], m["dnf_s"]),
                     "import_floor_vs_dnf": _ratio(m["import_floor_s"], m["dnf_s"]),
                     "apply_live_vs_ostree_union_add": _ratio(m["apply_live_s"], m["ostree_union_add_s"]),
@@ -620,7 +630,7 @@ def format_report(report: Mapping[str, Any]) -> str:
         f"repository cache: {report['config']['cache']}",
         "",
     ]
-    heads = ["files", *(h for _, h, _ in MEASURES), "lulayer/dnf", "usable/dnf usable", "written/dnf",
+    heads = ["files", *(h for _, h, _ in MEASURES), "lulayer/dnf", "usable/dnf usable", "CPU/dnf CPU", "written/dnf",
              "floor/dnf", "apply/union-add"]
     for package, by_size in summary.items():
         sizes = sorted(int(s) for s in by_size)
