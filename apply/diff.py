@@ -352,6 +352,26 @@ def _xattr_list(v: GLib.Variant | None) -> tuple[tuple[str, bytes], ...]:
     return tuple(out)
 
 
+def _copy_fd(src: int, dest: int) -> int:
+    """Copy src from its start to dest at its position; the byte count. sendfile copies in
+    the kernel (copy_file_range would too, but from the repository into an overlay it fails
+    with EXDEV); read and write where sendfile cannot be used."""
+    offset = 0
+    try:
+        while n := os.sendfile(dest, src, offset, _CHUNK):
+            offset += n
+        return offset
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOSYS) or offset:
+            raise
+    while chunk := os.pread(src, _CHUNK, offset):
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(dest, view):]
+        offset += len(chunk)
+    return offset
+
+
 @dataclass(frozen=True)
 class ObjectFile:
     """A content object's metadata, and a way to read its content."""
@@ -375,20 +395,29 @@ class ObjectFile:
             raise LiveApplyError(f"object {self.checksum} is a symlink, it has no content")
         return stream
 
+    def _open_loose(self) -> int | None:
+        """The object's own file in a bare repository (its content as it is), or None."""
+        if self.repo.get_mode() != OSTree.RepoMode.BARE:
+            return None
+        loose = f"objects/{self.checksum[:2]}/{self.checksum[2:]}.file"
+        try:
+            return os.open(loose, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=self.repo.get_dfd())
+        except FileNotFoundError:  # not loose here (in a parent repository, say): libostree finds it
+            return None
+
     def write_content(self, fd: int) -> int:
         """Write the file's content to fd at its current position; return the byte count."""
+        src = self._open_loose()
+        if src is not None:
+            try:
+                return _copy_fd(src, fd)
+            finally:
+                os.close(src)
         stream = self._open()
         try:
             if isinstance(stream, Gio.FileDescriptorBased):
                 # Bare repositories hand out the object file itself: copy in the kernel.
-                src, offset = stream.get_fd(), 0
-                try:
-                    while n := os.sendfile(fd, src, offset, _CHUNK):
-                        offset += n
-                    return offset
-                except OSError as e:
-                    if e.errno not in (errno.EINVAL, errno.ENOSYS) or offset:
-                        raise
+                return _copy_fd(stream.get_fd(), fd)
             total = 0
             while chunk := stream.read_bytes(_CHUNK, None).get_data():
                 view = memoryview(chunk)

@@ -63,7 +63,7 @@ from lulayer.fsutil import (
     write_file_atomic,
 )
 from lulayer.layering import vardirs
-from lulayer.linux import RENAME_EXCHANGE, renameat2
+from lulayer.linux import RENAME_EXCHANGE, renameat2, syncfs
 from lulayer.mounts import (
     MountInfo,
     MountNamespace,
@@ -268,6 +268,12 @@ class _Tree:
         p = PurePosixPath(path)
         return self.dir_fd(str(p.parent)), p.name
 
+    def sync(self) -> None:
+        """Make everything written to the tree durable: one syncfs of its file system (of an
+        overlay: its upper layer's), instead of an fsync per file."""
+        with _doing(f"syncing the file system of {self.root}"):
+            syncfs(self._fds["/"])
+
 
 def _rel(path: str, prefix: str) -> str:
     """path relative to the tree mounted at prefix (/usr/bin/x under /usr is /bin/x)."""
@@ -381,8 +387,9 @@ class _Applier:
         # Written elsewhere than e.path (dest), the caller names what it does.
         with _doing(f"writing {self.where(e.path)}") if dest is None else nullcontext():
             if not obj.is_symlink:
+                # Not synced one by one: the tree is synced once before anything depends on it.
                 write_file_atomic(parent, name, obj.write_content, mode=obj.mode, uid=obj.uid, gid=obj.gid,
-                                  mtime=0, xattrs=obj.xattrs, sync_dir=False)
+                                  mtime=0, xattrs=obj.xattrs, sync_dir=False, sync=False)
                 return obj.size
             tmp = temp_name(name)
             os.symlink(obj.symlink_target or "", tmp, dir_fd=parent)
@@ -595,7 +602,7 @@ def _exchange_rpmdb(sysroot: Sysroot, applier: _Applier, target: str, dbpath: Pu
             for stale in set(os.listdir(fd)) - keep:
                 with suppress_errno(errno.ENOENT, errno.EISDIR):
                     os.unlink(stale, dir_fd=fd)
-            os.fsync(fd)
+        applier.tree.sync()
         return "replaced file by file (the overlay on /usr has no redirect_dir)"
     with _doing(f"building the new rpmdb in {db_new}"):
         st = os.stat(name, dir_fd=parent)
@@ -606,9 +613,11 @@ def _exchange_rpmdb(sysroot: Sysroot, applier: _Applier, target: str, dbpath: Pu
                 applier.write_file(f, (fd, PurePosixPath(f.path).name))
             os.fchown(fd, st.st_uid, st.st_gid)
             os.fchmod(fd, stat.S_IMODE(st.st_mode))
-            os.fsync(fd)
         finally:
             os.close(fd)
+    # The commit point: every file written so far, and the new database, are on disk before
+    # the exchange.
+    applier.tree.sync()
     _step("rpmdb-new")
     applier.tree.forget(_rel(str(dbpath), applier.prefix))
     with critical(), _doing(f"exchanging {db_new} with {db}"):
@@ -643,6 +652,7 @@ def _add_etc(sysroot: Sysroot, root: Path, applier: _Applier,
                 continue
             etc_applier.write_file(f)
             added.append("/etc" + _rel(f.path, "/usr/etc"))
+        etc.sync()  # /etc outlives the boot, unlike the live /usr's upper layer
     finally:
         etc_tree.close()
     return tuple(added), tuple(made)
@@ -701,8 +711,8 @@ def _apply_usr(sysroot: Sysroot, applier: _Applier, files: TreeDiff, target: str
     for d in rest.changed_dirs:
         applier.set_dir_meta(d)
     built = [applier.build(r) for r in replaced]
-    with _doing("syncing the file systems"):
-        os.sync()
+    if replaced:  # on disk before they are swapped in; otherwise the rpmdb's exchange syncs first
+        applier.tree.sync()
     _step("files")
     for r, tmp in zip(replaced, built, strict=True):
         applier.swap_in(r, tmp)
@@ -717,8 +727,7 @@ def _apply_usr(sysroot: Sysroot, applier: _Applier, files: TreeDiff, target: str
         applier.remove_dir(path)
     for r, tmp in zip(replaced, built, strict=True):
         applier.remove_swapped_out(r, tmp)
-    with _doing("syncing the file systems"):
-        os.sync()
+    applier.tree.sync()
     _step("removed")
     return rpmdb
 

@@ -213,7 +213,11 @@ def _modifier(repo: OSTree.Repo, req: ComposeRequest, upper: Path, skip_top: boo
             pairs.append((name.encode() + b"\0", value))
         return GLib.Variant("a(ayay)", pairs)
 
-    mod = OSTree.RepoCommitModifier.new(OSTree.RepoCommitModifierFlags.SKIP_XATTRS, commit_filter)
+    # CONSUME: the upper layer is scratch, so libostree may take each file rpm wrote as its object
+    # ("adopt": checksum it and rename it into the repository) instead of writing a copy, as
+    # rpm-ostree's relabeling does (src/libpriv/rpmostree-core.cxx relabel_one_package). It adopts a
+    # file whose xattrs the callback below leaves as they are on disk, the others it copies.
+    mod = OSTree.RepoCommitModifier.new(OSTree.RepoCommitModifierFlags.CONSUME, commit_filter)
     mod.set_xattr_callback(xattrs)
     # Label new files with the base image's SELinux policy, if it ships one.
     with suppress(GLib.Error):

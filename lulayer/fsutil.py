@@ -81,10 +81,13 @@ def write_file_atomic(
     mtime: float | None = None,
     xattrs: Sequence[tuple[str, bytes]] = (),
     sync_dir: bool = True,
+    sync: bool = True,
 ) -> None:
     """Replace dirfd/name with a new inode holding data, durably.
 
-    data is the content, or a function that writes it to the fd it is given.
+    data is the content, or a function that writes it to the fd it is given. With
+    sync=False (and sync_dir=False) the file is not fsynced: for a caller that syncs the
+    whole file system once (linux.syncfs) before anything depends on the file.
     A new file is always created and renamed over name: an existing name may be a
     hardlink into an OSTree repository, and writing through it would corrupt the object.
     """
@@ -111,7 +114,8 @@ def write_file_atomic(
             _write_xattrs(fd, list(xattrs))
             if mtime is not None:
                 os.utime(fd, (mtime, mtime))
-            os.fsync(fd)
+            if sync:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.rename(tmp, name, src_dir_fd=dirfd, dst_dir_fd=dirfd)

@@ -1,4 +1,5 @@
-"""The Linux system calls Python lacks: mount, umount2, unshare, setns, renameat2, prctl, capget/capset.
+"""The Linux system calls Python lacks: mount, umount2, unshare, setns, renameat2, syncfs, prctl,
+capget/capset.
 
 libc is loaded once and every function's argument types are declared once.
 A failure raises OSError with the errno and the path it concerns; the caller
@@ -73,6 +74,8 @@ def _load() -> ctypes.CDLL:
     libc.capget.restype = c_int
     libc.capset.argtypes = [ctypes.POINTER(_CapHeader), ctypes.POINTER(_CapData)]
     libc.capset.restype = c_int
+    libc.syncfs.argtypes = [c_int]
+    libc.syncfs.restype = c_int
     libc.syscall.restype = ctypes.c_long
     if hasattr(libc, "renameat2"):
         libc.renameat2.argtypes = [c_int, c_char_p, c_int, c_char_p, c_uint]
@@ -115,6 +118,12 @@ def unshare(flags: int) -> None:
 def setns(fd: int, nstype: int) -> None:
     """setns(2): join the namespace fd refers to (a mount namespace: single-threaded callers only)."""
     _check(_libc.setns(fd, nstype))
+
+
+def syncfs(fd: int) -> None:
+    """syncfs(2): write out the file system fd is on (an overlay's: its upper layer's), and
+    nothing else, as sync(2) would."""
+    _check(_libc.syncfs(fd))
 
 
 def set_pdeathsig(sig: int) -> None:

@@ -1,12 +1,22 @@
 """lulayer's benchmark: install --live, apply-live and compose against dnf and ostree.
 
-Run it as ``./dev bench [--sizes 1000,10000,100000] [--runs N] [--json FILE]``. For
-each size (files added to the base image, see fixtures.build.sysroot_template) and
-each run, on fresh clones of the template sysroot (cloning and copying are set-up,
-never timed), it measures side by side:
+Run it as ``./dev bench [--sizes 1000,10000,100000] [--packages htop,bigpkg] [--runs N]
+[--json FILE]``. For each package (htop: a small one; bigpkg: 2,001 files, see
+fixtures/specs/bigpkg.spec), each size (files added to the base image, see
+fixtures.build.sysroot_template) and each run, on fresh clones of the template sysroot
+(cloning and copying are set-up, never timed), it measures side by side:
 
-* ``install_live_s``: ``lulayer install htop --live``, end to end (subprocess wall time):
-  when it returns htop is live and the next boot's deployment is staged;
+* ``install_live_s``: ``lulayer install PKG --live``, end to end (subprocess wall time):
+  when it returns the package is live and the next boot's deployment is staged;
+* ``usable_s``: from the same start until the package's program first runs from the live
+  /usr, seen from outside: a thread of the benchmark polls for ``usr/bin/PKG`` in the
+  booted deployment every 5 ms and, once it is there, runs it; the first run that exits 0
+  ends the clock (bigpkg exits 0 only once all its 2,000 data files are there);
+* ``dnf_usable_s``: the same poller on the dnf baseline's tree (below);
+* ``cpu_s``, ``dnf_cpu_s``: the user + system CPU time of ``install --live`` and of the
+  dnf baseline (wait4's rusage: the process and the children it waited for, so not the
+  detached writer): on a machine shared with other work, wall times follow the load
+  while CPU times barely do;
 * ``written_s``: from the same start until the detached child that writes the staged
   deployment (layering/staged.py) has released the sysroot lock: the next boot is ready;
 * ``apply_live_s``: ``lulayer apply-live`` alone, after an untimed ``lulayer install htop``;
@@ -14,14 +24,19 @@ never timed), it measures side by side:
   that same install, on the same clone;
 * ``peak_rss_mb``: the peak RSS of the end-to-end run (wait4's ru_maxrss: the lulayer
   process, or the largest of the children it waited for), in MiB;
-* ``dnf_s``: baseline 1, python3-dnf (the system interpreter) installing htop and its
-  ncurses-libs into a plain ``cp -a`` copy of the booted deployment (installroot);
+* ``dnf_s``: baseline 1, python3-dnf (the system interpreter) installing the same
+  package set (htop: htop and ncurses-libs) into a plain ``cp -a`` copy of the booted
+  deployment (installroot);
 * ``ostree_union_add_s``: baseline 2, ``ostree checkout --union-add`` of the target
   commit (the pending deployment's) onto another copy of the booted deployment, which
   is what rpm-ostree's apply-live does;
 * ``import_floor_s``: the interpreter lulayer runs on importing click, rpm, dnf and
   libostree's gi bindings, and nothing else: what any Python tool on these bindings
   pays before its first step (it bounds how close to the dnf baseline lulayer can get).
+
+lulayer's modules are compiled to bytecode first (compileall), as an installed package's
+are: with PYTHONDONTWRITEBYTECODE set, a checkout's modules would be compiled again on
+every run (0.1-0.5 s here), while dnf's, compiled when Debian installed them, are not.
 
 The repository cache is warm: one untimed install on a throwaway clone per size fills
 its var/cache/lulayer, which is copied into each fresh clone before the timed command
@@ -37,6 +52,7 @@ overlays never reach the host.
 from __future__ import annotations
 
 import argparse
+import compileall
 import datetime
 import json
 import os
@@ -46,6 +62,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -62,17 +79,21 @@ NAMESPACE_ENV = "LULAYER_BENCH_NAMESPACE"
 TEST_NAMESPACE_ENV = "LULAYER_TEST_NAMESPACE"  # the test suite's private namespace (tests/conftest.py)
 DEFAULT_SIZES = (1000, 10000, 100000)
 DEFAULT_RUNS = 3
-PACKAGE = "htop"
+DEFAULT_PACKAGES = ("htop", "bigpkg")
 SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's python3-dnf is built for it
 IMPORT_FLOOR = "import click, dnf, rpm, gi; gi.require_version('OSTree', '1.0'); from gi.repository import OSTree"
 
 # Every measurement of a run, in table order: key, column heading, unit.
 MEASURES: tuple[tuple[str, str, str], ...] = (
     ("install_live_s", "install --live", "s"),
+    ("usable_s", "usable", "s"),
     ("written_s", "next boot written", "s"),
     ("apply_live_s", "apply-live", "s"),
     ("install_s", "install (no --live)", "s"),
     ("dnf_s", "dnf baseline", "s"),
+    ("dnf_usable_s", "dnf usable", "s"),
+    ("cpu_s", "install --live CPU", "s"),
+    ("dnf_cpu_s", "dnf CPU", "s"),
     ("ostree_union_add_s", "ostree union-add", "s"),
     ("import_floor_s", "import floor", "s"),
     ("peak_rss_mb", "peak RSS e2e", "MiB"),
@@ -81,17 +102,21 @@ MEASURED_KEYS: tuple[str, ...] = tuple(k for k, _, _ in MEASURES)
 # Also recorded per run (JSON only): the peak RSS of the two phase commands and of the
 # detached writer of the e2e run (its VmHWM, which it logs in run/lulayer/finalize.log).
 EXTRA_KEYS: tuple[str, ...] = ("install_rss_mb", "apply_live_rss_mb", "writer_rss_mb")
-RATIO_KEYS: tuple[str, ...] = ("install_live_vs_dnf", "written_vs_dnf", "import_floor_vs_dnf",
-                                "apply_live_vs_ostree_union_add")
+RATIO_KEYS: tuple[str, ...] = ("install_live_vs_dnf", "usable_vs_dnf_usable", "cpu_vs_dnf_cpu", "written_vs_dnf",
+                                "import_floor_vs_dnf", "apply_live_vs_ostree_union_add")
 
 CACHE_METHOD = (
-    "warm: var/cache/lulayer of an untimed warm-up `install htop --live` on a throwaway clone "
-    "(one per size) is copied into each fresh clone before timing; the dnf baseline uses its own "
+    "warm: var/cache/lulayer of an untimed warm-up `install PKG --live` on a throwaway clone "
+    "(one per package and size) is copied into each fresh clone before timing; the dnf baseline uses its own "
     "cache directory, warmed by one untimed dnf run per size"
 )
 TARGET_LIVE_SCALING = 1.5
 TARGET_RSS_MB = 150.0
 TARGET_RSS_SIZE = 100000
+SMALL_PACKAGE = "htop"  # judged by the small-package target; every other package by the large one
+TARGET_USABLE_VS_DNF = 1.3  # the large package: time to usable against dnf's, at every size
+TARGET_SMALL_GAP_S = 0.1  # the small package: install --live at most this much over dnf
+POLL_S = 0.005
 
 # Baseline 1: dnf (python3-dnf) into a plain copy of the live tree. Its persistdir and
 # logdir go inside the copy, as the dnf command puts them under --installroot; left
@@ -161,6 +186,8 @@ class Timed:
     maxrss_kib: int
     stdout: str
     stderr: str
+    usable_s: float | None = None  # when the polled program first ran (see Poller)
+    cpu_s: float = 0.0  # user + system CPU time of the command and the children it waited for
 
 
 def _env() -> dict[str, str]:
@@ -171,22 +198,67 @@ def _describe(cmd: Sequence[str], code: int, out: str, err: str) -> str:
     return f"$ {' '.join(cmd)}\nexit {code}\n--- stdout\n{out}--- stderr\n{err}"
 
 
-def timed(cmd: Sequence[str | os.PathLike[str]]) -> Timed:
-    """Run CMD; its wall time and wait4's ru_maxrss. A failure raises BenchError."""
+class Poller:
+    """From outside the timed command: the first moment PROGRAM runs and exits 0.
+
+    A thread looks for the file every POLL_S and, once it is there, runs it (the
+    command's own process is never touched); the clock stops when a run succeeds.
+    """
+
+    def __init__(self, program: Path) -> None:
+        self.program = program
+        self.start = 0.0
+        self.found: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def begin(self, start: float) -> None:
+        self.start = start
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            if os.path.lexists(self.program):
+                try:
+                    ok = subprocess.run([self.program], stdin=subprocess.DEVNULL, capture_output=True,
+                                        check=False).returncode == 0
+                except OSError:  # not yet executable, or replaced under us
+                    ok = False
+                if ok:
+                    self.found = time.perf_counter() - self.start
+                    return
+            self._stop.wait(POLL_S)
+
+    def end(self, wait_s: float) -> float | None:
+        """When the program first ran, polling on for at most wait_s more; None if it never did."""
+        self._thread.join(wait_s)
+        self._stop.set()
+        self._thread.join()
+        return self.found
+
+
+def timed(cmd: Sequence[str | os.PathLike[str]], poll: Path | None = None) -> Timed:
+    """Run CMD; its wall time and wait4's ru_maxrss, and with POLL the time until the
+    program POLL first runs (Poller). A failure raises BenchError."""
     args = [os.fspath(c) for c in cmd]
+    poller = Poller(poll) if poll is not None else None
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.perf_counter()
         proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=_env(), cwd=TOP)
+        if poller is not None:
+            poller.begin(start)
         _, status, usage = os.wait4(proc.pid, 0)
         seconds = time.perf_counter() - start
         proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
+        # The command has returned: its package is usable by now, or the poller sees it soon.
+        usable = poller.end(10.0) if poller is not None and proc.returncode == 0 else None
         out.seek(0)
         err.seek(0)
         stdout = out.read().decode(errors="replace")
         stderr = err.read().decode(errors="replace")
     if proc.returncode != 0:
         raise BenchError(_describe(args, proc.returncode, stdout, stderr))
-    return Timed(seconds, int(usage.ru_maxrss), stdout, stderr)
+    return Timed(seconds, int(usage.ru_maxrss), stdout, stderr, usable, usage.ru_utime + usage.ru_stime)
 
 
 def run(cmd: Sequence[str | os.PathLike[str]]) -> str:
@@ -266,6 +338,16 @@ class Workdir:
         return dest
 
 
+PACKAGE_DIRS = ("lulayer", "apply", "layering", "rpmdb")  # pyproject.toml's package-dir
+
+
+def compile_lulayer() -> None:
+    """Bytecode for every lulayer module, as an installed package has (see the docstring)."""
+    for d in PACKAGE_DIRS:
+        if not compileall.compile_dir(TOP / d, quiet=1):
+            raise BenchError(f"compiling {TOP / d} failed")
+
+
 def make_workdir(parent: Path | None) -> Workdir:
     root = Path(tempfile.mkdtemp(prefix="lulayer-bench-", dir=parent)).absolute()
     repo = root / "repo"
@@ -282,9 +364,13 @@ def make_workdir(parent: Path | None) -> Workdir:
 # --------------------------------------------------------------------------- one size
 
 
-def _check_installed(tree: Path, what: str) -> None:
-    if not (tree / "usr" / "bin" / PACKAGE).exists():
-        raise BenchError(f"{what}: {tree}/usr/bin/{PACKAGE} is missing after the install")
+def _program(tree: Path, package: str) -> Path:
+    return tree / "usr" / "bin" / package
+
+
+def _check_installed(tree: Path, package: str, what: str) -> None:
+    if not _program(tree, package).exists():
+        raise BenchError(f"{what}: {_program(tree, package)} is missing after the install")
 
 
 def _mib(kib: int) -> float:
@@ -292,12 +378,15 @@ def _mib(kib: int) -> float:
 
 
 class SizeBench:
-    def __init__(self, work: Workdir, size: int) -> None:
+    """The runs of one package at one size; template is work.snapshot(size)."""
+
+    def __init__(self, work: Workdir, size: int, template: Path, package: str) -> None:
         self.work = work
         self.size = size
-        self.template = work.snapshot(size)
-        self.cache = work.root / f"cache-{size}"
-        self.dnf_cache = work.root / f"dnf-cache-{size}"
+        self.package = package
+        self.template = template
+        self.cache = work.root / f"cache-{package}-{size}"
+        self.dnf_cache = work.root / f"dnf-cache-{package}-{size}"
 
     def clone(self, name: str) -> Path:
         dest = self.work.root / name
@@ -319,14 +408,15 @@ class SizeBench:
         dest.parent.mkdir(parents=True, exist_ok=True)
         _cp_a(self.cache, dest)
 
-    def dnf(self, tree: Path) -> Timed:
-        return timed([SYSTEM_PYTHON, "-c", DNF_SCRIPT, tree, f"file://{self.work.repo}", self.dnf_cache, PACKAGE])
+    def dnf(self, tree: Path, poll: bool = False) -> Timed:
+        return timed([SYSTEM_PYTHON, "-c", DNF_SCRIPT, tree, f"file://{self.work.repo}", self.dnf_cache,
+                      self.package], _program(tree, self.package) if poll else None)
 
     def warm_up(self) -> None:
         """Untimed: fill the lulayer and dnf caches of this size (and the page cache)."""
         sysroot = self.clone("warmup")
         try:
-            timed(lulayer(sysroot, "install", PACKAGE, "--live"))
+            timed(lulayer(sysroot, "install", self.package, "--live"))
             shutil.rmtree(self.cache, ignore_errors=True)
             _cp_a(_cache_dir(sysroot), self.cache)
         finally:
@@ -343,13 +433,16 @@ class SizeBench:
         try:
             self.give_cache(a)
             _sync()
-            e2e = timed(lulayer(a, "install", PACKAGE, "--live"))
-            _check_installed(fb.booted_deployment(a), "install --live")
+            live = fb.booted_deployment(a)
+            e2e = timed(lulayer(a, "install", self.package, "--live"), _program(live, self.package))
+            _check_installed(live, self.package, "install --live")
+            if e2e.usable_s is None:
+                raise BenchError(f"install --live: {_program(live, self.package)} never ran")
             t0 = time.perf_counter()
             fb.wait_unlocked(a)
             written = e2e.seconds + time.perf_counter() - t0
             writer_rss_kib = _writer_rss_kib(a)
-            _check_installed(fb.deployments(a)[0], "the staged deployment")
+            _check_installed(fb.deployments(a)[0], self.package, "the staged deployment")
         finally:
             _remove(a)
 
@@ -360,22 +453,24 @@ class SizeBench:
         try:
             self.give_cache(b)
             _sync()
-            install = timed(lulayer(b, "install", PACKAGE))
+            install = timed(lulayer(b, "install", self.package))
             target = _pending_commit(b)
             dnf_tree = self.copy_live_tree(b, "run-dnf")
             ostree_tree = self.copy_live_tree(b, "run-ostree")
             _sync()
             apply = timed(lulayer(b, "apply-live"))
-            _check_installed(fb.booted_deployment(b), "apply-live")
+            _check_installed(fb.booted_deployment(b), self.package, "apply-live")
 
             _sync()
-            dnf = self.dnf(dnf_tree)
-            _check_installed(dnf_tree, "dnf baseline")
+            dnf = self.dnf(dnf_tree, poll=True)
+            _check_installed(dnf_tree, self.package, "dnf baseline")
+            if dnf.usable_s is None:
+                raise BenchError(f"dnf baseline: {_program(dnf_tree, self.package)} never ran")
 
             _sync()
             union = timed(["ostree", f"--repo={b / 'ostree' / 'repo'}", "checkout", "--union-add", target,
                            ostree_tree])
-            _check_installed(ostree_tree, "ostree checkout --union-add")
+            _check_installed(ostree_tree, self.package, "ostree checkout --union-add")
 
             floor = timed([sys.executable, "-c", IMPORT_FLOOR])
         finally:
@@ -384,6 +479,10 @@ class SizeBench:
                     _remove(path)
         return {
             "install_live_s": e2e.seconds,
+            "usable_s": e2e.usable_s,
+            "dnf_usable_s": dnf.usable_s,
+            "cpu_s": e2e.cpu_s,
+            "dnf_cpu_s": dnf.cpu_s,
             "written_s": written,
             "import_floor_s": floor.seconds,
             "apply_live_s": apply.seconds,
@@ -413,65 +512,85 @@ def _ratio(a: float, b: float) -> float:
     return a / b if b > 0 else float("inf")
 
 
-def summarize(results: Mapping[int, list[dict[str, float]]]) -> dict[str, Any]:
-    sizes = sorted(results)
+Results = Mapping[str, Mapping[int, list[dict[str, float]]]]  # package -> size -> runs
+
+
+def summarize(results: Results) -> dict[str, Any]:
+    """Per package and size: the runs, their medians, the ratios and each median against
+    the smallest size's."""
     out: dict[str, Any] = {}
-    medians = {s: {k: statistics.median(r[k] for r in results[s]) for k in (*MEASURED_KEYS, *EXTRA_KEYS)}
-               for s in sizes}
-    smallest = sizes[0]
-    for s in sizes:
-        m = medians[s]
-        out[str(s)] = {
-            "runs": results[s],
-            "median": m,
-            "ratios": {
-                "install_live_vs_dnf": _ratio(m["install_live_s"], m["dnf_s"]),
-                "written_vs_dnf": _ratio(m["written_s"], m["dnf_s"]),
-                "import_floor_vs_dnf": _ratio(m["import_floor_s"], m["dnf_s"]),
-                "apply_live_vs_ostree_union_add": _ratio(m["apply_live_s"], m["ostree_union_add_s"]),
-            },
-            "vs_smallest": {k: _ratio(m[k], medians[smallest][k]) for k in MEASURED_KEYS},
-        }
+    for package, by_size in results.items():
+        sizes = sorted(by_size)
+        medians = {s: {k: statistics.median(r[k] for r in by_size[s]) for k in (*MEASURED_KEYS, *EXTRA_KEYS)}
+                   for s in sizes}
+        smallest = sizes[0]
+        out[package] = {}
+        for s in sizes:
+            m = medians[s]
+            out[package][str(s)] = {
+                "runs": by_size[s],
+                "median": m,
+                "ratios": {
+                    "install_live_vs_dnf": _ratio(m["install_live_s"], m["dnf_s"]),
+                    "usable_vs_dnf_usable": _ratio(m["usable_s"], m["dnf_usable_s"]),
+                    "cpu_vs_dnf_cpu": _ratio(m["cpu_s"], m["dnf_cpu_s"]),
+                    "written_vs_dnf": _ratio(m["written_s"], m["dnf_s"]),
+                    "import_floor_vs_dnf": _ratio(m["import_floor_s"], m["dnf_s"]),
+                    "apply_live_vs_ostree_union_add": _ratio(m["apply_live_s"], m["ostree_union_add_s"]),
+                },
+                "vs_smallest": {k: _ratio(m[k], medians[smallest][k]) for k in MEASURED_KEYS},
+            }
     return out
 
 
-def targets(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
+def _package_targets(package: str, summary: Mapping[str, Any]) -> list[dict[str, Any]]:
     sizes = sorted(int(s) for s in summary)
     med = {s: summary[str(s)]["median"] for s in sizes}
     small, large = sizes[0], sizes[-1]
     scaling = _ratio(med[large]["apply_live_s"], med[small]["apply_live_s"])
-    faster = {s: med[s]["install_live_s"] < med[s]["dnf_s"] for s in sizes}
-    out: list[dict[str, Any]] = [
-        {
-            "target": f"live-apply at the largest size <= {TARGET_LIVE_SCALING}x the smallest",
-            "met": scaling <= TARGET_LIVE_SCALING if len(sizes) > 1 else None,
-            "detail": f"apply-live {med[large]['apply_live_s']:.3f}s at {large} / "
-                      f"{med[small]['apply_live_s']:.3f}s at {small} = {scaling:.2f}x"
-                      + ("" if len(sizes) > 1 else " (one size only: not evaluated)"),
-        },
-        {
-            "target": "install --live faster than dnf at every size",
-            "met": all(faster.values()),
+    out: list[dict[str, Any]] = [{
+        "target": f"{package}: apply-live at the largest size <= {TARGET_LIVE_SCALING}x the smallest",
+        "met": scaling <= TARGET_LIVE_SCALING if len(sizes) > 1 else None,
+        "detail": f"apply-live {med[large]['apply_live_s']:.3f}s at {large} / "
+                  f"{med[small]['apply_live_s']:.3f}s at {small} = {scaling:.2f}x"
+                  + ("" if len(sizes) > 1 else " (one size only: not evaluated)"),
+    }]
+    if package == SMALL_PACKAGE:
+        gap = {s: med[s]["install_live_s"] - med[s]["dnf_s"] for s in sizes}
+        out.append({
+            "target": f"{package}: install --live at most {TARGET_SMALL_GAP_S:.1f}s over dnf at every size",
+            "met": all(g <= TARGET_SMALL_GAP_S for g in gap.values()),
             "detail": "; ".join(
-                f"{s}: {med[s]['install_live_s']:.3f}s vs dnf {med[s]['dnf_s']:.3f}s "
-                f"({'faster' if faster[s] else 'slower'}, {_ratio(med[s]['install_live_s'], med[s]['dnf_s']):.2f}x; "
-                f"next boot written at {med[s]['written_s']:.3f}s; import floor {med[s]['import_floor_s']:.3f}s "
-                f"= {_ratio(med[s]['import_floor_s'], med[s]['dnf_s']):.2f}x dnf)"
-                for s in sizes
-            ),
-        },
-    ]
-    if TARGET_RSS_SIZE in med:
-        rss = max(med[TARGET_RSS_SIZE]["peak_rss_mb"], med[TARGET_RSS_SIZE]["writer_rss_mb"])
+                f"{s}: {med[s]['install_live_s']:.3f}s vs dnf {med[s]['dnf_s']:.3f}s ({gap[s]:+.3f}s; "
+                f"import floor {med[s]['import_floor_s']:.3f}s)" for s in sizes),
+        })
+    else:
+        ratio = {s: _ratio(med[s]["usable_s"], med[s]["dnf_usable_s"]) for s in sizes}
+        out.append({
+            "target": f"{package}: usable within {TARGET_USABLE_VS_DNF}x dnf's time to usable at every size",
+            "met": all(r <= TARGET_USABLE_VS_DNF for r in ratio.values()),
+            "detail": "; ".join(
+                f"{s}: usable at {med[s]['usable_s']:.3f}s vs dnf {med[s]['dnf_usable_s']:.3f}s "
+                f"({ratio[s]:.2f}x; install --live returns at {med[s]['install_live_s']:.3f}s)" for s in sizes),
+        })
+    return out
+
+
+def targets(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
+    out = [t for package in summary for t in _package_targets(package, summary[package])]
+    at = [(p, summary[p][str(TARGET_RSS_SIZE)]["median"]) for p in summary if str(TARGET_RSS_SIZE) in summary[p]]
+    if at:
+        rss = max(max(m["peak_rss_mb"], m["writer_rss_mb"]) for _, m in at)
         out.append({"target": f"peak RSS <= {TARGET_RSS_MB:.0f} MB at {TARGET_RSS_SIZE}",
                     "met": rss <= TARGET_RSS_MB,
-                    "detail": f"{rss:.1f} MiB (median peak RSS at {TARGET_RSS_SIZE}: install --live "
-                              f"{med[TARGET_RSS_SIZE]['peak_rss_mb']:.1f}, its detached writer "
-                              f"{med[TARGET_RSS_SIZE]['writer_rss_mb']:.1f})"})
+                    "detail": f"{rss:.1f} MiB (median peak RSS at {TARGET_RSS_SIZE}: "
+                              + "; ".join(f"{p}: install --live {m['peak_rss_mb']:.1f}, its detached writer "
+                                          f"{m['writer_rss_mb']:.1f}" for p, m in at) + ")"})
     else:
         out.append({"target": f"peak RSS <= {TARGET_RSS_MB:.0f} MB at {TARGET_RSS_SIZE}", "met": None,
-                    "detail": f"size {TARGET_RSS_SIZE} not measured; largest measured {large}: "
-                              f"{med[large]['peak_rss_mb']:.1f} MiB"})
+                    "detail": f"size {TARGET_RSS_SIZE} not measured; largest peak RSS measured: "
+                              f"{max(r['median']['peak_rss_mb'] for p in summary.values() for r in p.values()):.1f}"
+                              " MiB"})
     return out
 
 
@@ -501,27 +620,30 @@ def _fmt(key: str, value: float) -> str:
 
 def format_report(report: Mapping[str, Any]) -> str:
     summary = report["results"]
-    sizes = sorted(int(s) for s in summary)
     m = report["machine"]
     lines = [
         f"lulayer benchmark: {m['date']}, kernel {m['kernel']}, {m['nproc']} CPUs ({m['cpu_model']}), "
         f"load {m['loadavg_start'][0]:.2f} at start, {m['loadavg_end'][0]:.2f} at end",
-        f"medians of {report['config']['runs']} runs per size; times in seconds (subprocess wall time), "
+        f"medians of {report['config']['runs']} runs per package and size, the packages' runs interleaved; "
+        "times in seconds (subprocess wall time), "
         "RSS in MiB",
         f"repository cache: {report['config']['cache']}",
         "",
     ]
-    heads = ["files", *(h for _, h, _ in MEASURES), "lulayer/dnf", "written/dnf", "floor/dnf", "apply/union-add"]
-    rows = []
-    for s in sizes:
-        med = summary[str(s)]["median"]
-        rat = summary[str(s)]["ratios"]
-        rows.append([str(s), *(_fmt(k, med[k]) for k in MEASURED_KEYS),
-                     *(f"{rat[k]:.2f}x" for k in RATIO_KEYS)])
-    lines += _table(heads, rows)
-    lines += ["", f"each measurement at size / at the smallest size ({sizes[0]}):"]
-    rows = [[str(s), *(f"{summary[str(s)]['vs_smallest'][k]:.2f}x" for k in MEASURED_KEYS)] for s in sizes]
-    lines += _table(["files", *(h for _, h, _ in MEASURES)], rows)
+    heads = ["files", *(h for _, h, _ in MEASURES), "lulayer/dnf", "usable/dnf usable", "CPU/dnf CPU", "written/dnf",
+             "floor/dnf", "apply/union-add"]
+    for package, by_size in summary.items():
+        sizes = sorted(int(s) for s in by_size)
+        rows = []
+        for s in sizes:
+            med = by_size[str(s)]["median"]
+            rat = by_size[str(s)]["ratios"]
+            rows.append([str(s), *(_fmt(k, med[k]) for k in MEASURED_KEYS),
+                         *(f"{rat[k]:.2f}x" for k in RATIO_KEYS)])
+        lines += [f"{package}:", *_table(heads, rows)]
+        lines += ["", f"{package}, each measurement at size / at the smallest size ({sizes[0]}):"]
+        rows = [[str(s), *(f"{by_size[str(s)]['vs_smallest'][k]:.2f}x" for k in MEASURED_KEYS)] for s in sizes]
+        lines += [*_table(["files", *(h for _, h, _ in MEASURES)], rows), ""]
     lines += ["", "targets (from the issue):"]
     for t in report["targets"]:
         met = {True: "MET", False: "NOT MET", None: "n/a"}[t["met"]]
@@ -551,11 +673,20 @@ def _sizes(text: str) -> list[int]:
     return sizes
 
 
+def _packages(text: str) -> list[str]:
+    packages = [x.strip() for x in text.split(",") if x.strip()]
+    if not packages or len(set(packages)) != len(packages):
+        raise argparse.ArgumentTypeError(f"give one or more distinct package names: {text!r}")
+    return packages
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="./dev bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=_sizes, default=list(DEFAULT_SIZES),
                    help="comma-separated numbers of extra files in the base image (default: %(default)s)")
+    p.add_argument("--packages", type=_packages, default=list(DEFAULT_PACKAGES),
+                   help="comma-separated fixture packages to install (default: %(default)s)")
     p.add_argument("--runs", type=int, default=DEFAULT_RUNS, help="runs per size (default: %(default)s)")
     p.add_argument("--json", type=Path, default=None, metavar="FILE", help="also write the numbers to FILE")
     p.add_argument("--workdir", type=Path, default=None, metavar="DIR",
@@ -572,20 +703,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     reexec_in_private_namespace(argv)
     start = time.monotonic()
     info = machine()
+    compile_lulayer()
     work = make_workdir(args.workdir)
-    results: dict[int, list[dict[str, float]]] = {}
+    results: dict[str, dict[int, list[dict[str, float]]]] = {p: {} for p in args.packages}
     try:
         for size in args.sizes:
             t0 = time.monotonic()
             print(f"size {size}: preparing the template and warming the caches", file=sys.stderr, flush=True)
-            bench = SizeBench(work, size)
-            bench.warm_up()
-            results[size] = []
+            template = work.snapshot(size)
+            benches = [SizeBench(work, size, template, p) for p in args.packages]
+            for bench in benches:
+                bench.warm_up()
+                results[bench.package][size] = []
             for i in range(args.runs):
-                r = bench.one_run()
-                results[size].append(r)
-                print(f"size {size} run {i + 1}/{args.runs}: "
-                      + ", ".join(f"{k} {_fmt(k, r[k])}" for k in MEASURED_KEYS), file=sys.stderr, flush=True)
+                for bench in benches:  # interleaved: each run of each package, in turn
+                    r = bench.one_run()
+                    results[bench.package][size].append(r)
+                    print(f"size {size} {bench.package} run {i + 1}/{args.runs}: "
+                          + ", ".join(f"{k} {_fmt(k, r[k])}" for k in MEASURED_KEYS), file=sys.stderr, flush=True)
             print(f"size {size}: done in {time.monotonic() - t0:.0f}s", file=sys.stderr, flush=True)
     finally:
         _remove(work.root)
@@ -593,7 +728,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = summarize(results)
     report = {
         "machine": info,
-        "config": {"sizes": args.sizes, "runs": args.runs, "package": PACKAGE, "cache": CACHE_METHOD,
+        "config": {"sizes": args.sizes, "runs": args.runs, "packages": args.packages, "cache": CACHE_METHOD,
                    "rss": "wait4 ru_maxrss of the lulayer process (max over it and the children it waited for); "
                           "the detached writer's own VmHWM as writer_rss_mb"},
         "results": summary,

@@ -1,4 +1,4 @@
-"""The benchmark runs: one tiny run of `python -m tests.bench`, its JSON complete.
+"""The benchmark runs: one tiny run of `python -m tests.bench` (both packages), its JSON complete.
 
 Not a timed assertion: the numbers only have to be there and positive.
 """
@@ -32,24 +32,26 @@ def test_bench_smoke_run_writes_every_measurement(tmp_path: Path) -> None:
     assert proc.returncode == 0, f"exit {proc.returncode}\n--- stdout\n{proc.stdout}--- stderr\n{proc.stderr}"
     report = json.loads(out.read_text())
 
-    result = report["results"][str(SIZE)]
-    assert len(result["runs"]) == 1
-    for key in (*bench.MEASURED_KEYS, *bench.EXTRA_KEYS):
-        for where in (result["runs"][0], result["median"]):
-            value = where[key]
-            assert isinstance(value, float) and math.isfinite(value) and value > 0, (key, value)
-    for key in bench.MEASURED_KEYS:
-        assert result["vs_smallest"][key] == pytest.approx(1.0), key
-    for key in bench.RATIO_KEYS:
-        value = result["ratios"][key]
-        assert math.isfinite(value) and value > 0, (key, value)
+    assert sorted(report["results"]) == sorted(bench.DEFAULT_PACKAGES)
+    for package in bench.DEFAULT_PACKAGES:
+        result = report["results"][package][str(SIZE)]
+        assert len(result["runs"]) == 1
+        for key in (*bench.MEASURED_KEYS, *bench.EXTRA_KEYS):
+            for where in (result["runs"][0], result["median"]):
+                value = where[key]
+                assert isinstance(value, float) and math.isfinite(value) and value > 0, (package, key, value)
+        for key in bench.MEASURED_KEYS:
+            assert result["vs_smallest"][key] == pytest.approx(1.0), (package, key)
+        for key in bench.RATIO_KEYS:
+            value = result["ratios"][key]
+            assert math.isfinite(value) and value > 0, (package, key, value)
 
     m = report["machine"]
     assert m["kernel"] and m["cpu_model"] and m["date"]
     assert isinstance(m["nproc"], int) and m["nproc"] > 0
-    assert len(report["targets"]) == 3
+    assert len(report["targets"]) == 2 * len(bench.DEFAULT_PACKAGES) + 1
     assert all(t["met"] in (True, False, None) and t["detail"] for t in report["targets"])
     assert report["config"]["cache"] == bench.CACHE_METHOD
     # The table went to stdout; the clones are gone.
-    assert "install --live" in proc.stdout and "targets" in proc.stdout
+    assert "install --live" in proc.stdout and "usable" in proc.stdout and "targets" in proc.stdout
     assert list(work.iterdir()) == []

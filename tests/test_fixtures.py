@@ -36,6 +36,7 @@ REPO_NVRAS = {
     "typechange-1.0-1.fc41.noarch",
     "conflicts-base-1.0-1.fc41.noarch",
     "manyfiles-1.0-1.fc41.noarch",
+    "bigpkg-1.0-1.fc41.noarch",
     "needs-missing-1.0-1.fc41.noarch",
     "cfgpkg-1.0-1.fc41.noarch",
     "bigfile-1.0-1.fc41.noarch",
@@ -140,6 +141,10 @@ def test_rpm_metadata_dependencies_and_scriptlets() -> None:
     pattern = re.compile(r"/usr/share/manyfiles/d\d\d/f\d\d\d")
     assert len([f for f in manyfiles if pattern.fullmatch(f)]) == 500
     assert "/usr/share/manyfiles/d00/f000" in manyfiles
+    bigpkg = query("bigpkg", "--list").split()
+    data = re.compile(r"/usr/share/bigpkg/d\d\d/f\d{4}")
+    assert len([f for f in bigpkg if data.fullmatch(f)]) == 2000
+    assert "/usr/bin/bigpkg" in bigpkg
     assert "/usr/share/upgrademe/only-in-1" in query("upgrademe", "--list", "1.0")
     v2 = query("upgrademe", "--list", "2.0")
     assert "/usr/share/upgrademe/new-in-2" in v2
@@ -218,6 +223,16 @@ def test_repository_programs_run_once_installed(tmp_path: Path) -> None:
     unit = (root / "usr/lib/systemd/system/hello.service").read_text()
     assert "ExecStart=/usr/bin/hello-daemon" in unit
     assert "[Install]" in unit
+
+
+@pytest.mark.root
+def test_bigpkg_runs_only_once_all_its_data_files_are_there(tmp_path: Path) -> None:
+    # Run from outside the root, as the benchmark runs it from the live /usr.
+    root = plain_root(tmp_path, fb.rpm_path("bigpkg"))
+    assert run(root / "usr/bin/bigpkg").stdout == "bigpkg 1.0 2000\n"
+    (root / "usr/share/bigpkg/d79/f1999").unlink()
+    missing = run(root / "usr/bin/bigpkg", check=False)
+    assert missing.returncode == 1 and missing.stderr == "bigpkg: 1999 of 2000 data files\n"
 
 
 @pytest.mark.root
