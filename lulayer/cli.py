@@ -342,11 +342,12 @@ def _override_source(source: str | None) -> str:
     return name
 
 
-def _override_command(ctx: Context, *, live: bool, allow_replacement: bool, dry_run: bool, as_json: bool,
-                      unchanged_exit_77: bool, reboot: bool, **change: Any) -> None:
-    _check_reboot(ctx, reboot, live)
+def _override_command(ctx: Context, *, live: bool, allow_replacement: bool, live_or_reboot: bool, dry_run: bool,
+                      as_json: bool, unchanged_exit_77: bool, reboot: bool, **change: Any) -> None:
+    _check_reboot(ctx, reboot, live or live_or_reboot)
     with _transaction(ctx, as_json) as tx:
-        outcome = tx.override(dry_run=dry_run, live=live, allow_replacement=allow_replacement, **change)
+        outcome = tx.override(dry_run=dry_run, live=live, allow_replacement=allow_replacement,
+                              live_or_reboot=live_or_reboot, **change)
         _report_outcome(outcome, as_json)
         if outcome.layer.changed and not dry_run and not as_json and ("remove" in change or "replace_from" in change):
             click.echo('Use "lulayer override reset" to undo overrides')  # as rpm-ostree says it
@@ -360,9 +361,11 @@ def _override_command(ctx: Context, *, live: bool, allow_replacement: bool, dry_
 @_script_options
 @click.pass_obj
 def override_remove(ctx: Context, packages: tuple[str, ...], dry_run: bool, live: bool, allow_replacement: bool,
-                    as_json: bool, unchanged_exit_77: bool, reboot: bool, assumeyes: bool) -> None:
+                    live_or_reboot: bool, as_json: bool, unchanged_exit_77: bool, reboot: bool,
+                    assumeyes: bool) -> None:
     """Remove PACKAGES of the base image, files and rpmdb entries (--live needs --allow-replacement)."""
-    _override_command(ctx, live=live, allow_replacement=allow_replacement, dry_run=dry_run, as_json=as_json,
+    _override_command(ctx, live=live, allow_replacement=allow_replacement, live_or_reboot=live_or_reboot,
+                      dry_run=dry_run, as_json=as_json,
                       unchanged_exit_77=unchanged_exit_77, reboot=reboot, remove=packages)
 
 
@@ -374,14 +377,15 @@ def override_remove(ctx: Context, packages: tuple[str, ...], dry_run: bool, live
 @_script_options
 @click.pass_obj
 def override_replace(ctx: Context, packages: tuple[str, ...], source: str | None, dry_run: bool, live: bool,
-                     allow_replacement: bool, as_json: bool, unchanged_exit_77: bool, reboot: bool,
-                     assumeyes: bool) -> None:
+                     allow_replacement: bool, live_or_reboot: bool, as_json: bool, unchanged_exit_77: bool,
+                     reboot: bool, assumeyes: bool) -> None:
     """Replace base PACKAGES with what the repository offers (--from repo=NAME); they follow it."""
     files = [p for p in packages if p.endswith(".rpm")]  # rpm-ostree takes *.rpm as a file
     if files:
         raise LulayerError(f"replacing base packages with local RPM files ({files[0]}) is not supported yet",
                            hint="put the package in a repository and pass --from repo=NAME")
-    _override_command(ctx, live=live, allow_replacement=allow_replacement, dry_run=dry_run, as_json=as_json,
+    _override_command(ctx, live=live, allow_replacement=allow_replacement, live_or_reboot=live_or_reboot,
+                      dry_run=dry_run, as_json=as_json,
                       unchanged_exit_77=unchanged_exit_77, reboot=reboot,
                       replace_from=(_override_source(source), packages))
 
@@ -394,13 +398,14 @@ def override_replace(ctx: Context, packages: tuple[str, ...], source: str | None
 @_script_options
 @click.pass_obj
 def override_reset(ctx: Context, packages: tuple[str, ...], reset_all: bool, dry_run: bool, live: bool,
-                   allow_replacement: bool, as_json: bool, unchanged_exit_77: bool, reboot: bool,
-                   assumeyes: bool) -> None:
+                   allow_replacement: bool, live_or_reboot: bool, as_json: bool, unchanged_exit_77: bool,
+                   reboot: bool, assumeyes: bool) -> None:
     """Undo the overrides of PACKAGES (--all: every override): the base's packages come back."""
     if bool(packages) == reset_all:  # as rpmostree-override-builtins.cxx
         raise LulayerError("Cannot specify PACKAGEs with --all" if packages else "no package named",
                            hint="name the packages whose overrides to reset, or pass --all")
-    _override_command(ctx, live=live, allow_replacement=allow_replacement, dry_run=dry_run, as_json=as_json,
+    _override_command(ctx, live=live, allow_replacement=allow_replacement, live_or_reboot=live_or_reboot,
+                      dry_run=dry_run, as_json=as_json,
                       unchanged_exit_77=unchanged_exit_77, reboot=reboot, reset=packages, reset_all=reset_all)
 
 
