@@ -652,7 +652,7 @@ def _add_etc(sysroot: Sysroot, root: Path, applier: _Applier,
                 continue
             etc_applier.write_file(f)
             added.append("/etc" + _rel(f.path, "/usr/etc"))
-        etc.sync()  # /etc outlives the boot, unlike the live /usr's upper layer
+        etc_tree.sync()  # /etc outlives the boot, unlike the live /usr's upper layer
     finally:
         etc_tree.close()
     return tuple(added), tuple(made)
