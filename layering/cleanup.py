@@ -76,7 +76,7 @@ def cleanup(sysroot: Sysroot, *, pending: bool, rollback: bool, repomd: bool) ->
                *((Origin.from_data(staged.origin),) if staged is not None else ())]
     localpkg.drop_unused(sysroot.repo, origins)
     _remove_children(str(cache / localpkg.CACHE_DIR), {localpkg.cached_name(e) for o in origins
-                                                       for e in o.requested_local})
+                                                       for e in localpkg.stored_entries(o)})
     try:
         # Deployment folders no longer listed, old boot folders, unreferenced objects.
         sysroot.ostree.cleanup(None)

@@ -133,7 +133,8 @@ class Dnf5Resolver:
             installed = {p.get_name() for p in installed_q}
             gone = _keep_offered(base, request.keep)
             goal = libdnf5.base.Goal(base)
-            for _path, local in base.get_repo_sack().add_cmdline_packages([str(p) for p in request.local]).items():
+            files = [str(p) for p in request.local_files]
+            for _path, local in base.get_repo_sack().add_cmdline_packages(files).items():
                 goal.add_rpm_install(local)
             if request.exclude:  # removed from the base: nothing brings them back
                 excluded = libdnf5.rpm.PackageQuery(base)
@@ -164,7 +165,7 @@ class Dnf5Resolver:
                 is_inbound = libdnf5.base.transaction.transaction_item_action_is_inbound(tp.get_action())
                 (inbound if is_inbound else outbound).append(tp.get_package())
             check_transaction(installed, [_package(p) for p in outbound], [_package(p) for p in inbound],
-                              {name for _, name in request.replace})
+                              request.replaced_names)
         finally:
             rpm.delMacro("_dbpath")
         self._base, self._packages = base, inbound

@@ -113,7 +113,7 @@ class DnfResolver:
                 raise metadata_error(e) from e
             installed = {p.name for p in base.sack.query().installed()}
             gone = _keep_offered(base, request.keep)
-            for local in base.add_remote_rpms([str(p) for p in request.local], strict=True):
+            for local in base.add_remote_rpms([str(p) for p in request.local_files], strict=True):
                 base.package_install(local, strict=True)
             if request.exclude:  # removed from the base: nothing brings them back
                 base.sack.add_excludes(base.sack.query().available().filter(name=list(request.exclude)))
@@ -135,7 +135,7 @@ class DnfResolver:
                 raise depsolve_error(e) from e
             trans = base.transaction
             check_transaction(installed, [_package(p) for p in trans.remove_set],
-                              [_package(p) for p in trans.install_set], {name for _, name in request.replace})
+                              [_package(p) for p in trans.install_set], request.replaced_names)
             resolved = tuple(
                 ResolvedPackage(package=_package(p), repo_id=p.reponame, location=p.location,
                                 checksum=_hawkey_chksum(p) if p.reponame != LOCAL_REPO_ID else

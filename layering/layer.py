@@ -27,6 +27,7 @@ from lulayer.layering import compose as composer
 from lulayer.layering import localpkg
 from lulayer.layering.deploy import deploy
 from lulayer.layering.resolver import (
+    LOCAL_REPO_ID,
     RepoConfigTree,
     Resolution,
     Resolver,
@@ -353,11 +354,12 @@ class Layering:
                            local=tuple(sorted(set(local) - dropped)))
 
     def override(self, *, remove: Sequence[str] = (), replace_from: tuple[str, Sequence[str]] | None = None,
-                 reset: Sequence[str] = (), reset_all: bool = False, dry_run: bool = False,
-                 stage: bool = False) -> LayerResult:
+                 replace_local: Sequence[str] = (), reset: Sequence[str] = (), reset_all: bool = False,
+                 dry_run: bool = False, stage: bool = False) -> LayerResult:
         """Change the base image's overrides (rpm-ostree's `override`): remove base packages,
-        replace them with what the repository replace_from[0] offers, or reset (drop) overrides,
-        by name (reset_all: every one). The layered requests stay as they are."""
+        replace them with what the repository replace_from[0] offers or with the RPM files
+        replace_local names (checked and stored as local installs are, localpkg), or reset (drop)
+        overrides, by name (reset_all: every one). The layered requests stay as they are."""
         merge = self.sysroot.merge_deployment()
         current = merge.origin.overrides
         if reset_all:
@@ -376,10 +378,20 @@ class Layering:
             if replace:
                 wanted = replace_fields(wanted, replace=(*wanted.replace, RepoReplacement(
                     repo_id, self._base_names(merge, base, wanted, replace))))
-        if not (remove or replace or reset):
+        files = {localpkg.local_path(f): localpkg.read_local(f) for f in replace_local}
+        if files:
+            base = self._base_packages(merge)
+            for lp in files.values():
+                # A new file for a name replaced by a file already takes its place, as in rpm-ostree
+                # (rpmostreed-transaction-types.cxx: the old replace-local entry of the name goes).
+                wanted = replace_fields(wanted, replace_local=tuple(
+                    e for e in wanted.replace_local if nevra_name(localpkg.parse_entry(e)[1]) != lp.package.name))
+                self._base_names(merge, base, wanted, (lp.package.name,))
+                wanted = replace_fields(wanted, replace_local=(*wanted.replace_local, lp.entry))
+        if not (remove or replace or files or reset):
             raise LulayerError("no package named", hint="name the base packages to override")
         return self._layer(merge, set(merge.origin.requested), dry_run=dry_run, upgrade=False, stage=stage,
-                           overrides=wanted)
+                           overrides=wanted, new_files=files)
 
     def live_only(self, on: str, names: Sequence[str]) -> tuple[str, PackageChanges]:
         """Compose names onto the commit on (what the running system holds, or will), for the
@@ -473,10 +485,6 @@ class Layering:
         OSTree repository, and new_files, stored there once resolved."""
         sysroot, repo = self.sysroot, self.sysroot.repo
         overrides = merge.origin.overrides if overrides is None else overrides
-        if overrides.replace_local:  # dropping them silently would undo what the user asked for
-            raise LulayerError("the origin replaces base packages with local RPM files ([overrides] replace-local: "
-                               f"{' '.join(overrides.local_nevras)}), which lulayer does not compose yet",
-                               hint="`lulayer override reset --all` drops them, or use rpm-ostree")
         composer.clean_stale_scratch(sysroot.compose_scratch)
         merge_base = base = base_commit_of(repo, merge.checksum)
         notes: tuple[str, ...] = ()
@@ -487,11 +495,13 @@ class Layering:
         old_pkgs = commit_packages(repo, merge.checksum, dbpath)
         req_sorted = tuple(sorted(requested))
         new_files = dict(new_files or {})
+        new_entries = {lp.entry: p.absolute() for p, lp in new_files.items()}
+        # The files a replace-local entry names, new ones where they are; the rest are layered.
+        replace_local = tuple((localpkg.package_of(localpkg.parse_entry(e)[1]).name, self._local_file(e, new_entries))
+                              for e in overrides.replace_local)
         local_entries = tuple(sorted({*(merge.origin.requested_local if local is None else local),
-                                      *(lp.entry for lp in new_files.values())}))
-        local_files = (*(localpkg.retrieve(repo, e, sysroot.cache_dir / localpkg.CACHE_DIR)[1]
-                         for e in local_entries if e not in {lp.entry for lp in new_files.values()}),
-                       *(p.absolute() for p in new_files))
+                                      *(e for e in new_entries if e not in overrides.replace_local)}))
+        local_files = tuple(self._local_file(e, new_entries) for e in local_entries)
         same_overrides = overrides == merge.origin.overrides
         with snapshot(base_root / str(dbpath).lstrip("/"), dbpath) as installed_root:
             base_pkgs = read_packages(installed_root, dbpath)
@@ -516,17 +526,18 @@ class Layering:
                      and local_entries == tuple(sorted(merge.origin.requested_local)))
             if reuse:  # the same packages on the same base (only inactive requests changed): the same commit
                 new_pkgs = old_pkgs
-            elif active or local_files or replace:
+            elif active or local_files or replace or replace_local:
                 keep = () if upgrade else tuple(
                     p for p in layered_packages(sysroot, merge.checksum, dbpath) if p.name not in fresh)
                 request = ResolveRequest(
                     installed_root=installed_root, dbpath=dbpath, repos=RepoConfigTree(sysroot.booted().path),
                     cache_dir=sysroot.cache_dir, releasever=_releasever(base_root), install=active, keep=keep,
                     local=local_files, exclude=overrides.remove, replace=replace,
+                    replace_local=tuple((n, p) for n, p in replace_local if n in in_base),
                 )
                 resolution = self._resolve_keeping(request)
                 # A replacement takes the place of the base's package of its name.
-                replaced = {name for _, name in replace}
+                replaced = request.replaced_names
                 new_pkgs = tuple(sorted((*(p for p in base_pkgs if p.name not in replaced),
                                          *(r.package for r in resolution.install))))
                 notes = (*notes, *moved_notes(keep, resolution))
@@ -557,11 +568,19 @@ class Layering:
             packages=tuple(r.package for r in installs), requested=active,
             repos=composer.repo_stamps(sysroot.cache_dir, [r.id for r in resolution.repos] if resolution else []),
             removed=removed,
-            replaced=tuple(composer.Replacement(r.package, in_base[r.package.name], f"repo={r.repo_id}")
+            replaced=tuple(composer.Replacement(r.package, in_base[r.package.name],
+                                                "" if r.repo_id == LOCAL_REPO_ID else f"repo={r.repo_id}")
                            for r in installs if r.package.name in in_base),
         ))
         signals.checkpoint()  # the new commit has no ref yet: a later prune removes it
         return done(self._deploy(commit, origin, merge, changes, req_sorted, stage))
+
+    def _local_file(self, entry: str, new: Mapping[str, Path]) -> Path:
+        """The RPM file of a requested-local or replace-local entry: the one named now, else out of the
+        OSTree repository (localpkg.retrieve)."""
+        if entry in new:
+            return new[entry]
+        return localpkg.retrieve(self.sysroot.repo, entry, self.sysroot.cache_dir / localpkg.CACHE_DIR)[1]
 
     def _resolve_keeping(self, request: ResolveRequest) -> Resolution:
         """Resolve with the layered packages kept at their builds; where that cannot be (a new request

@@ -203,7 +203,8 @@ def retrieve(repo: OSTree.Repo, entry: str, dest_dir: Path) -> tuple[LocalPackag
     _, commit = repo.resolve_rev(ref, True)
     if commit is None or _stored_sha256(repo, commit) != sha:
         raise ResolveError(f"the local package {nevra} is not in the OSTree repository any more",
-                           hint=f"install its file again (lulayer install ./{_file_name(nevra)}), or uninstall it")
+                           hint=f"give its file again (`lulayer install ./{_file_name(nevra)}`, or `lulayer override "
+                                f"replace` for a base replacement), or drop it (`uninstall`, `override reset`)")
     dest_dir.mkdir(parents=True, exist_ok=True)
     _, root, _ = repo.read_commit(commit, None)
     source = root.get_child(_file_name(nevra))
@@ -224,10 +225,16 @@ def retrieve(repo: OSTree.Repo, entry: str, dest_dir: Path) -> tuple[LocalPackag
     return local, dest
 
 
+def stored_entries(origin: Origin) -> tuple[str, ...]:
+    """The SHA256:NEVRA entries of origin whose files are stored: `[packages] requested-local`
+    and `[overrides] replace-local`."""
+    return (*origin.requested_local, *origin.overrides.replace_local)
+
+
 def drop_unused(repo: OSTree.Repo, origins: Sequence[Origin]) -> tuple[str, ...]:
     """Delete the refs of stored local packages no origin requests (as rpm-ostree drops the
     pkgcache refs no deployment needs: src/daemon/rpmostree-sysroot-core.cxx); return them."""
-    wanted = {e for o in origins for e in o.requested_local}
+    wanted = {e for o in origins for e in stored_entries(o)}
     _, refs = repo.list_refs(REF_PREFIX.rstrip("/"), None)
     dropped = []
     for ref in sorted(refs):

@@ -106,6 +106,18 @@ class ResolveRequest:
     # (repository id, name) of base packages replaced by what that repository offers.
     exclude: tuple[str, ...] = ()
     replace: tuple[tuple[str, str], ...] = ()
+    # (name, file) of base packages replaced by a local RPM file (`[overrides] replace-local`).
+    replace_local: tuple[tuple[str, Path], ...] = ()
+
+    @property
+    def local_files(self) -> tuple[Path, ...]:
+        """Every RPM file to install: the layered ones and the base replacements."""
+        return (*self.local, *(path for _, path in self.replace_local))
+
+    @property
+    def replaced_names(self) -> frozenset[str]:
+        """The base packages an override replaces, from a repository or a local file."""
+        return frozenset((*(name for _, name in self.replace), *(name for name, _ in self.replace_local)))
 
 
 @dataclass(frozen=True)

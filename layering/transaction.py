@@ -247,17 +247,19 @@ class Transaction:
                            live_or_reboot=live_or_reboot)
 
     def override(self, *, remove: Sequence[str] = (), replace_from: tuple[str, Sequence[str]] | None = None,
-                 reset: Sequence[str] = (), reset_all: bool = False, dry_run: bool = False, live: bool = False,
-                 allow_replacement: bool = False, live_or_reboot: bool = False) -> LayerOutcome:
+                 replace_local: Sequence[str] = (), reset: Sequence[str] = (), reset_all: bool = False,
+                 dry_run: bool = False, live: bool = False, allow_replacement: bool = False,
+                 live_or_reboot: bool = False) -> LayerOutcome:
         """Remove or replace base packages, or reset their overrides (Layering.override)."""
-        if live and (remove or replace_from) and not allow_replacement and not dry_run:
+        if live and (remove or replace_from or replace_local) and not allow_replacement and not dry_run:
             # Checked before anything is done: the files of a base package are in use.
             raise LiveApplyError("removing or replacing base packages live changes files the running system has",
                                  hint="pass --allow-replacement to apply it live, or leave out --live and reboot")
-        return self._layer(lambda ly: ly.override(remove=remove, replace_from=replace_from, reset=reset,
-                                                  reset_all=reset_all, dry_run=dry_run,
-                                                  stage=live or live_or_reboot),
-                           live=live or live_or_reboot, allow_replacement=allow_replacement, allow_removal=False,
+        live = live or live_or_reboot  # without --live, --live-or-reboot deploys what cannot go live
+        return self._layer(lambda ly: ly.override(remove=remove, replace_from=replace_from,
+                                                  replace_local=replace_local, reset=reset, reset_all=reset_all,
+                                                  dry_run=dry_run, stage=live),
+                           live=live, allow_replacement=allow_replacement, allow_removal=False,
                            live_or_reboot=live_or_reboot)
 
     def upgrade(self, *, dry_run: bool = False, live: bool = False,

@@ -349,7 +349,8 @@ def _override_command(ctx: Context, *, live: bool, allow_replacement: bool, live
         outcome = tx.override(dry_run=dry_run, live=live, allow_replacement=allow_replacement,
                               live_or_reboot=live_or_reboot, **change)
         _report_outcome(outcome, as_json)
-        if outcome.layer.changed and not dry_run and not as_json and ("remove" in change or "replace_from" in change):
+        if outcome.layer.changed and not dry_run and not as_json and any(
+                change.get(k) for k in ("remove", "replace_from", "replace_local")):
             click.echo('Use "lulayer override reset" to undo overrides')  # as rpm-ostree says it
     _after(ctx, outcome, reboot=reboot, unchanged_exit_77=unchanged_exit_77)
 
@@ -379,15 +380,19 @@ def override_remove(ctx: Context, packages: tuple[str, ...], dry_run: bool, live
 def override_replace(ctx: Context, packages: tuple[str, ...], source: str | None, dry_run: bool, live: bool,
                      allow_replacement: bool, live_or_reboot: bool, as_json: bool, unchanged_exit_77: bool,
                      reboot: bool, assumeyes: bool) -> None:
-    """Replace base PACKAGES with what the repository offers (--from repo=NAME); they follow it."""
-    files = [p for p in packages if p.endswith(".rpm")]  # rpm-ostree takes *.rpm as a file
-    if files:
-        raise LulayerError(f"replacing base packages with local RPM files ({files[0]}) is not supported yet",
-                           hint="put the package in a repository and pass --from repo=NAME")
+    """Replace base PACKAGES with what the repository offers (--from repo=NAME; they follow it),
+    or with local RPM files (./PKG.rpm: that build, kept in the OSTree repository)."""
+    from lulayer.layering.localpkg import is_local_spec
+
+    files = tuple(p for p in packages if is_local_spec(p))  # as rpm-ostree tells files from names
+    names = tuple(p for p in packages if not is_local_spec(p))
+    if files and source is not None and not names:
+        raise LulayerError("--from names where packages come from; local RPM files come from themselves",
+                           hint="leave out --from, or name the packages of the repository")
     _override_command(ctx, live=live, allow_replacement=allow_replacement, live_or_reboot=live_or_reboot,
                       dry_run=dry_run, as_json=as_json,
-                      unchanged_exit_77=unchanged_exit_77, reboot=reboot,
-                      replace_from=(_override_source(source), packages))
+                      unchanged_exit_77=unchanged_exit_77, reboot=reboot, replace_local=files,
+                      replace_from=(_override_source(source), names) if names else None)
 
 
 @override.command("reset")

@@ -1,12 +1,14 @@
 """Base package overrides (`lulayer override remove|replace|reset`), end to end on fixture sysroots.
 
 What rpm-ostree defines is matched and checked here against its source (coreos/rpm-ostree):
-the origin keys `[overrides] remove` and `replace=repo=NAME,PKG,...` (rust/src/origin.rs), the
-commit keys rpmostree.removed-base-packages / replaced-base-remote-packages with their
+the origin keys `[overrides] remove`, `replace=repo=NAME,PKG,...` and `replace-local=SHA256:NEVRA`
+(rust/src/origin.rs), the commit keys rpmostree.removed-base-packages / replaced-base-packages
+(local files) / replaced-base-remote-packages with their
 (nevra, name, epoch, version, release, arch) tuples (src/libpriv/rpmostree-core.cxx), the status
-lines RemovedBasePackages and RemoteOverrides (src/app/rpmostree-builtin-status.cxx), the JSON
-keys requested-base-removals, requested-base-remote-replacements (rust/src/daemon.rs),
-base-removals and base-remote-replacements (src/daemon/rpmostreed-deployment-utils.cxx), and the
+lines RemovedBasePackages, LocalOverrides and RemoteOverrides (src/app/rpmostree-builtin-status.cxx),
+the JSON keys requested-base-removals, requested-base-local-replacements,
+requested-base-remote-replacements (rust/src/daemon.rs), base-removals, base-local-replacements and
+base-remote-replacements (src/daemon/rpmostreed-deployment-utils.cxx), and the
 refusals' words: 'Package "X" not found', "Override already exists for package 'X'", "No overrides
 for package 'X'" (src/daemon/rpmostreed-transaction-types.cxx, rust/src/treefile.rs), "No matches
 for 'X' in repo 'Y'" (src/libpriv/rpmostree-core.cxx).
@@ -15,6 +17,7 @@ for 'X' in repo 'Y'" (src/libpriv/rpmostree-core.cxx).
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -34,6 +37,7 @@ from tests.helpers import (
     staged_record,
 )
 from tests.test_errors import State
+from tests.test_local_rpms import metadata_sha256, refs
 from tests.test_status_json import check_status
 
 pytestmark = pytest.mark.root
@@ -248,27 +252,118 @@ def test_override_replace_live_swaps_the_running_version(sysroot: Path, tmp_path
     assert chroot(booted(sysroot), "baseapp", check=True).stdout == "baseapp 2.0\n"
 
 
-def test_local_rpm_replacement_is_refused_in_one_line(sysroot: Path) -> None:
+BASEAPP_2 = "baseapp-2.0-1.fc41.noarch"
+BASEAPP_2_REF = "lulayer/pkg/baseapp/2.0-1.fc41.noarch"
+
+
+def baseapp_2_file(tmp_path: Path) -> Path:
+    """The built baseapp 2.0 RPM (fixtures/specs/overrides/), copied where the test may remove it."""
+    rpms = build_spec_dir(fixture_build.SPECS / "overrides", "overrides-rpms")
+    folder = tmp_path / "downloads"
+    folder.mkdir(exist_ok=True)
+    return Path(shutil.copy2(next(rpms.glob(f"{BASEAPP_2}.rpm")), folder / f"{BASEAPP_2}.rpm"))
+
+
+def test_override_replace_with_a_local_rpm_is_kept_after_the_file_is_gone_and_reset(
+        sysroot: Path, tmp_path: Path) -> None:
+    """rpm-ostree's replace-local: the file's build takes the place of the base package of its name,
+    stored in the repository, recorded as `[overrides] replace-local=SHA256:NEVRA`."""
+    rpm_file = baseapp_2_file(tmp_path)
+
+    out = lulayer(sysroot, "override", "replace", str(rpm_file)).stdout
+
+    assert f"baseapp-1.0-1.fc41.noarch -> {BASEAPP_2}" in out and "override reset" in out
+    new = pending(sysroot)
+    assert chroot(new, "baseapp", check=True).stdout == "baseapp 2.0\n"
+    assert rpm(new, "-q", "baseapp", check=True).stdout == f"{BASEAPP_2}\n"
+    assert f"\n[overrides]\nreplace-local={metadata_sha256(rpm_file)}:{BASEAPP_2};\n" in origin_of(new)
+    assert "baserefspec=" in origin_of(new) and "requested-local" not in origin_of(new)
+    assert BASEAPP_2_REF in refs(sysroot)
+    text = lulayer(sysroot, "status").stdout
+    assert "LocalOverrides: baseapp 1.0-1.fc41 -> 2.0-1.fc41" in text
+    assert "LayeredPackages" not in text and "LocalPackages" not in text
+    d = deployment_json(sysroot)
+    assert d["requested-base-local-replacements"] == [BASEAPP_2]
+    assert d["base-local-replacements"] == [[[BASEAPP_2, "baseapp", 0, "2.0", "1.fc41", "noarch"],
+                                             ["baseapp-1.0-1.fc41.noarch", "baseapp", 0, "1.0", "1.fc41", "noarch"]]]
+    assert d["packages"] == [] and d["requested-local-packages"] == []
+
+    rpm_file.unlink()
+    lulayer(sysroot, "cleanup", "--repomd")  # the stored file and its ref stay while an origin needs them
+    assert BASEAPP_2_REF in refs(sysroot)
+    fixture_build.reboot(sysroot)
+    assert chroot(booted(sysroot), "baseapp", check=True).stdout == "baseapp 2.0\n"
+    lulayer(sysroot, "install", "htop")  # a later deployment composes the replacement again, from the repository
+    assert rpm(pending(sysroot), "-q", "baseapp", "htop", check=True).stdout.startswith(f"{BASEAPP_2}\n")
+
+    lulayer(sysroot, "override", "reset", "baseapp")
+
+    back = pending(sysroot)
+    assert rpm(back, "-q", "baseapp", check=True).stdout == "baseapp-1.0-1.fc41.noarch\n"
+    assert chroot(back, "baseapp", check=True).stdout == "baseapp 1.0\n" and "htop" in rpm_names(back)
+    assert "[overrides]" not in origin_of(back)
+    assert deployment_json(sysroot)["requested-base-local-replacements"] == []
+    ostree_fsck(sysroot)
+    fixture_build.reboot(sysroot)
+    lulayer(sysroot, "cleanup", "--rollback")  # no deployment needs it any more
+    assert BASEAPP_2_REF not in refs(sysroot)
+
+
+def test_override_replace_with_a_local_rpm_live_needs_allow_replacement(sysroot: Path, tmp_path: Path) -> None:
+    rpm_file = baseapp_2_file(tmp_path)
+    base = booted(sysroot)
     state = State(sysroot)
 
-    proc = lulayer(sysroot, "override", "replace", str(fixture_build.rpm_path("baseapp")), check=False)
+    proc = lulayer(sysroot, "override", "replace", str(rpm_file), "--live", check=False)
 
-    one_error_line(proc, "local RPM files", "baseapp-1.0-1.fc41.noarch.rpm")
+    one_error_line(proc, "removing or replacing base packages live", "--allow-replacement")
     state.assert_unchanged()
 
+    lulayer(sysroot, "override", "replace", str(rpm_file), "--live", "--allow-replacement")
 
-def test_an_origin_with_local_replacements_is_refused_until_they_are_reset(sysroot: Path) -> None:
-    """rpm-ostree's replace-local entries (SHA256:NEVRA) are not composed yet: every change says so
-    rather than dropping them; `override reset --all` is the way out."""
+    assert chroot(base, "baseapp", check=True).stdout == "baseapp 2.0\n"
+    assert rpm(base, "-q", "baseapp", check=True).stdout == f"{BASEAPP_2}\n"
+    fixture_build.reboot(sysroot)
+    assert rpm(booted(sysroot), "-q", "baseapp", check=True).stdout == f"{BASEAPP_2}\n"
+
+    lulayer(sysroot, "override", "reset", "baseapp", "--live", "--allow-replacement")
+
+    assert chroot(booted(sysroot), "baseapp", check=True).stdout == "baseapp 1.0\n"
+    assert rpm(booted(sysroot), "-q", "baseapp", check=True).stdout == "baseapp-1.0-1.fc41.noarch\n"
+
+
+def test_bad_local_replacement_is_refused_in_one_line_and_changes_nothing(sysroot: Path, tmp_path: Path) -> None:
+    """Not a base package ('Package "X" not found', the words of rpm-ostree's override checks,
+    src/daemon/rpmostreed-transaction-types.cxx), a layered one, and the files localpkg refuses."""
+    lulayer(sysroot, "install", "htop")
+    not_rpm = tmp_path / "notes.rpm"
+    not_rpm.write_text("not a package\n")
+    cases = [
+        ((str(fixture_build.rpm_path("upgrademe", "1.0")),), ('Package "upgrademe" not found',)),
+        ((str(fixture_build.rpm_path("htop")),), ("htop is a layered package", "lulayer uninstall htop")),
+        ((str(tmp_path / "gone.rpm"),), ("gone.rpm: no such file",)),
+        ((str(not_rpm),), ("notes.rpm is not an RPM file",)),
+        ((str(baseapp_2_file(tmp_path)), "--from", f"repo={UPDATES}"), ("--from", "local RPM files")),
+    ]
+    state = State(sysroot)
+    for args, needles in cases:
+        one_error_line(lulayer(sysroot, "override", "replace", *args, check=False), *needles)
+        state.assert_unchanged()
+    assert BASEAPP_2_REF not in refs(sysroot)
+
+
+def test_an_origin_replacing_with_a_file_the_repository_lacks_says_so_until_reset(sysroot: Path) -> None:
+    """An rpm-ostree origin's replace-local entry whose file lulayer never stored: every change
+    says which one, rather than dropping it; `override reset` by NEVRA is the way out."""
     origin = booted(sysroot).with_name(booted(sysroot).name + ".origin")
-    entry = f"{'0' * 64}:baseapp-2.0-1.fc41.noarch"
+    entry = f"{'0' * 64}:{BASEAPP_2}"
     origin.write_text(origin.read_text() + f"\n[overrides]\nreplace-local={entry};\n")
     state = State(sysroot)
 
-    one_error_line(lulayer(sysroot, "install", "htop", check=False), "replace-local", "baseapp-2.0-1.fc41.noarch")
+    one_error_line(lulayer(sysroot, "install", "htop", check=False), BASEAPP_2, "not in the OSTree repository")
     state.assert_unchanged()
-    assert deployment_json(sysroot)["requested-base-local-replacements"] == ["baseapp-2.0-1.fc41.noarch"]
+    assert deployment_json(sysroot)["requested-base-local-replacements"] == [BASEAPP_2]
 
-    lulayer(sysroot, "override", "reset", "baseapp-2.0-1.fc41.noarch")
+    lulayer(sysroot, "override", "reset", BASEAPP_2)
 
     assert "[overrides]" not in origin_of(pending(sysroot))
