@@ -2,9 +2,11 @@
 
 It lives where it survives the process but not a reboot, beside rpm-ostree's
 own stamp: ``run/ostree/deployment-state/CHECKSUM.SERIAL/``. The commits it
-names are also held by refs (``lulayer/live-apply``,
-``lulayer/live-apply-inprogress``), so a repository prune never removes them
-while they are live; refs left from an earlier boot are ignored and dropped.
+names are also held by refs (``lulayer/live-commit/COMMIT``), so a repository
+prune never removes them while they are live; refs left from an earlier boot
+are ignored and dropped. The refs of a new state are written before its file
+and the others dropped after it, so a kill between the two keeps more, never
+less: a commit the file names is always held.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from lulayer.sysroot import Deployment, Sysroot
 STATE_FILE = "lulayer-live.json"
 # rpm-ostree's marker that the deployment has live changes (its status reads it).
 STAMP = "rpmostree-is-live.stamp"
-REF_LIVE = "lulayer/live-apply"
-REF_INPROGRESS = "lulayer/live-apply-inprogress"
+REF_PREFIX = "lulayer/live-commit"
+# The refs of earlier versions, one per role: a kill between the file and them could leave a named commit unheld.
+LEGACY_REFS = ("lulayer/live-apply", "lulayer/live-apply-inprogress")
 
 
 @dataclass(frozen=True)
@@ -56,11 +59,29 @@ class LiveState:
                 "transient": transient}
 
 
-def _set_ref(repo: OSTree.Repo, ref: str, commit: str | None) -> None:
+def _held(state: LiveState) -> set[str]:
+    """The commits state names besides the booted one: those a prune must keep."""
+    named = (state.commit, state.inprogress, state.transient.base if state.transient else None)
+    return {c for c in named if c and c != state.booted}
+
+
+def _hold_only(repo: OSTree.Repo, commits: set[str], *, drop_others: bool) -> None:
+    """Hold commits by refs; with drop_others, release every other commit held here."""
     try:
-        repo.set_ref_immediate(None, ref, commit, None)
+        for c in sorted(commits):
+            repo.set_ref_immediate(None, f"{REF_PREFIX}/{c}", c, None)
+        if drop_others:
+            _, refs = repo.list_refs(REF_PREFIX, None)
+            for ref, c in refs.items():
+                if c not in commits:
+                    full = ref if ref.startswith(f"{REF_PREFIX}/") else f"{REF_PREFIX}/{ref}"
+                    repo.set_ref_immediate(None, full, None, None)
+            _, legacy = repo.list_refs(None, None)
+            for ref in LEGACY_REFS:
+                if ref in legacy:
+                    repo.set_ref_immediate(None, ref, None, None)
     except GLib.Error as e:
-        raise LiveApplyError(f"cannot write ref {ref}: {e.message}") from e
+        raise LiveApplyError(f"cannot write the refs under {REF_PREFIX}: {e.message}") from e
 
 
 def read_state(sysroot: Sysroot, booted: Deployment) -> LiveState:
@@ -84,6 +105,7 @@ def read_state(sysroot: Sysroot, booted: Deployment) -> LiveState:
 
 def write_state(sysroot: Sysroot, booted: Deployment, state: LiveState) -> None:
     """Record state durably: the file first, then the refs that keep its commits."""
+    _hold_only(sysroot.repo, _held(state), drop_others=False)
     d = sysroot.deployment_state_dir(booted)
     d.mkdir(parents=True, exist_ok=True)
     with opened_dir(d) as fd:
@@ -91,8 +113,7 @@ def write_state(sysroot: Sysroot, booted: Deployment, state: LiveState) -> None:
             write_record(fd, STAMP, b"")
         write_record(fd, STATE_FILE, (json.dumps(state.to_json()) + "\n").encode())
     fsync_dir(d.parent)
-    _set_ref(sysroot.repo, REF_INPROGRESS, state.inprogress)
-    _set_ref(sysroot.repo, REF_LIVE, state.commit if state.commit != state.booted else None)
+    _hold_only(sysroot.repo, _held(state), drop_others=True)
 
 
 def clear_state(sysroot: Sysroot, booted: Deployment) -> None:
@@ -100,8 +121,7 @@ def clear_state(sysroot: Sysroot, booted: Deployment) -> None:
     for name in (STATE_FILE, STAMP):
         with suppress(FileNotFoundError):
             os.unlink(d / name)
-    _set_ref(sysroot.repo, REF_INPROGRESS, None)
-    _set_ref(sysroot.repo, REF_LIVE, None)
+    _hold_only(sysroot.repo, set(), drop_others=True)
 
 
 def drop_stale_temps(sysroot: Sysroot, booted: Deployment) -> None:

@@ -34,12 +34,14 @@ from tests.helpers import (
     ostree_fsck,
     pending,
     point_repo_file,
+    repo_of,
     rpm,
     rpm_names,
     temp_files_under,
     tree_diff,
     tree_entries,
 )
+from tests.invariants import live_commit
 
 pytestmark = pytest.mark.root
 
@@ -353,3 +355,25 @@ def test_status_shows_live_state_after_install_live(sysroot: Path) -> None:
     (b,) = [d for d in deps if d["booted"]]
     assert "live-inprogress" not in b  # unset keys are left out, as rpm-ostree does
     assert b["live-replaced"] == commit_of(pending(sysroot))
+
+
+def _live_refs(sysroot: Path) -> set[str]:
+    out = subprocess.run(["ostree", f"--repo={repo_of(sysroot)}", "refs"], check=True, capture_output=True,
+                         text=True).stdout.split()
+    return {r for r in out if r.startswith("lulayer/live")}
+
+
+def test_live_commit_is_held_by_a_ref_of_its_own_and_survives_a_prune(sysroot: Path) -> None:
+    # An earlier version's refs, one per role, are dropped by the next state written.
+    subprocess.run(["ostree", f"--repo={repo_of(sysroot)}", "refs", "--create=lulayer/live-apply",
+                    commit_of(booted(sysroot))], check=True)
+    lulayer(sysroot, "install", "htop", "--live")
+    live = live_commit(sysroot)
+    assert live != commit_of(booted(sysroot))
+    assert _live_refs(sysroot) == {f"lulayer/live-commit/{live}"}
+    # The pending deployment goes; the live commit must stay for the live /usr and a later --reset.
+    lulayer(sysroot, "cleanup", "--pending")
+    subprocess.run(["ostree", f"--repo={repo_of(sysroot)}", "prune", "--refs-only"], check=True)
+    lulayer(sysroot, "apply-live", "--reset")
+    assert _live_refs(sysroot) == set()
+    ostree_fsck(sysroot)
