@@ -104,7 +104,7 @@ def read_state(sysroot: Sysroot, booted: Deployment) -> LiveState:
 
 
 def write_state(sysroot: Sysroot, booted: Deployment, state: LiveState) -> None:
-    """Record state durably: the file first, then the refs that keep its commits."""
+    """Record state durably: refs for its commits, the file, then the release of other commits."""
     _hold_only(sysroot.repo, _held(state), drop_others=False)
     d = sysroot.deployment_state_dir(booted)
     d.mkdir(parents=True, exist_ok=True)
