@@ -39,9 +39,9 @@ from lulayer.fsutil import (
     opened_dir,
     remove_stale_temps,
     suppress_errno,
-    temp_name,
     write_file_atomic,
     write_record,
+    write_symlink_atomic,
 )
 from lulayer.sysroot import ETC_RECORD, Deployment, Sysroot
 
@@ -213,15 +213,8 @@ def _copy(src_parent: int, dest_parent: int, name: str, dest_name: str) -> None:
     as a new inode renamed into place."""
     st = os.lstat(name, dir_fd=src_parent)
     if stat.S_ISLNK(st.st_mode):
-        tmp = temp_name(dest_name)
-        os.symlink(os.readlink(name, dir_fd=src_parent), tmp, dir_fd=dest_parent)
-        try:
-            os.chown(tmp, st.st_uid, st.st_gid, dir_fd=dest_parent, follow_symlinks=False)
-            os.rename(tmp, dest_name, src_dir_fd=dest_parent, dst_dir_fd=dest_parent)
-        except BaseException:
-            with suppress_errno(errno.ENOENT):
-                os.unlink(tmp, dir_fd=dest_parent)
-            raise
+        write_symlink_atomic(dest_parent, dest_name, os.readlink(name, dir_fd=src_parent), uid=st.st_uid,
+                             gid=st.st_gid)
         return
     fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=src_parent)
     try:

@@ -61,6 +61,7 @@ from lulayer.fsutil import (
     temp_name,
     tree_usage,
     write_file_atomic,
+    write_symlink_atomic,
 )
 from lulayer.layering import vardirs
 from lulayer.linux import RENAME_EXCHANGE, renameat2, syncfs
@@ -391,15 +392,7 @@ class _Applier:
                 write_file_atomic(parent, name, obj.write_content, mode=obj.mode, uid=obj.uid, gid=obj.gid,
                                   mtime=0, xattrs=obj.xattrs, sync_dir=False, sync=False)
                 return obj.size
-            tmp = temp_name(name)
-            os.symlink(obj.symlink_target or "", tmp, dir_fd=parent)
-            try:
-                os.chown(tmp, obj.uid, obj.gid, dir_fd=parent, follow_symlinks=False)
-                os.rename(tmp, name, src_dir_fd=parent, dst_dir_fd=parent)
-            except BaseException:
-                with suppress_errno(errno.ENOENT):
-                    os.unlink(tmp, dir_fd=parent)
-                raise
+            write_symlink_atomic(parent, name, obj.symlink_target or "", uid=obj.uid, gid=obj.gid)
             return 0
 
     def remove_file(self, path: str) -> None:

@@ -127,6 +127,20 @@ def write_file_atomic(
         os.fsync(dirfd)
 
 
+def write_symlink_atomic(dirfd: int, name: str, target: str, *, uid: int, gid: int) -> None:
+    """Replace dirfd/name with a new symlink to target owned by uid:gid, made beside it and
+    renamed over it (so name is never missing, and nothing is written through the old one)."""
+    tmp = temp_name(name)
+    os.symlink(target, tmp, dir_fd=dirfd)
+    try:
+        os.chown(tmp, uid, gid, dir_fd=dirfd, follow_symlinks=False)
+        os.rename(tmp, name, src_dir_fd=dirfd, dst_dir_fd=dirfd)
+    except BaseException:
+        with suppress_errno(errno.ENOENT):
+            os.unlink(tmp, dir_fd=dirfd)
+        raise
+
+
 def remove_stale_temps(dirfd: int, name: str) -> None:
     """Remove the temp files a killed write_file_atomic of name left beside it. Only for a
     record that one writer at a time writes (under the sysroot lock): another writer's temp
