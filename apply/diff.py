@@ -332,6 +332,21 @@ def kinds_at(repo: OSTree.Repo, commit: str, paths: Collection[str]) -> dict[str
     return out
 
 
+def dir_metas_at(repo: OSTree.Repo, commit: str, paths: Collection[str]) -> dict[str, str]:
+    """The dirmeta checksum of each of paths, folders of commit."""
+    root = _load_root(repo, commit)
+    out: dict[str, str] = {}
+    for path in paths:
+        f = root.resolve_relative_path(path.lstrip("/"))
+        try:
+            f.ensure_resolved()
+            out[path] = f.tree_get_metadata_checksum()
+        except GLib.Error as e:
+            raise LiveApplyError(f"cannot read the folder {path} of commit {commit}: {e.message}",
+                                 hint="the repository is incomplete or damaged; run `ostree fsck`") from e
+    return out
+
+
 def _load_root(repo: OSTree.Repo, commit: str) -> Any:
     try:
         _, root, _ = repo.read_commit(commit, None)

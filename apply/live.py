@@ -15,6 +15,13 @@ The transaction, after the design this project comes from:
   6. "done, live = target" is recorded.
 Interrupted anywhere, the same call finishes it: every step is idempotent.
 
+The first live update of a boot that only adds (the rpmdb aside) takes a shorter way,
+with the same steps and fault points: no file is written. Each new file's repository
+object is hardlinked into a layer beside the overlay's upper and work folders, and the
+overlay is mounted with that layer under its upper layer (_apply_as_layer): the whole
+update, rpmdb included, appears in one mount(2). Later updates of the boot write through
+that overlay, as above.
+
 The replaced-directory set is every path whose new tree is swapped in whole: a
 path that changes between a directory and a file or symlink, and a directory
 that keeps none of its entries. Its new tree is built beside it under a
@@ -35,7 +42,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
-from gi.repository import Gio, GLib
+from gi.repository import Gio, GLib, OSTree
 
 from lulayer.apply import etc
 from lulayer.apply import state as live_state
@@ -45,6 +52,7 @@ from lulayer.apply.diff import (
     Kind,
     TreeDiff,
     diff_commits,
+    dir_metas_at,
     kinds_at,
     read_dir_meta,
     read_file_object,
@@ -90,6 +98,7 @@ RESET_STEPS = ("reset-marked", "reset-unmounted")  # the same, for apply-live --
 # "STEP:/usr/PATH" at that one.
 REPLACE_STEPS = ("replace-half-built", "replace-built", "replace-swapped", "replace-half-removed")
 _NAMED_TYPE_CHANGES = 8  # named in a refusal; the rest are counted
+LAYER = "layer"  # in the backing folder, beside upper and work: the layer of _apply_as_layer
 
 
 @dataclass(frozen=True)
@@ -208,8 +217,9 @@ def _in_running_system(sysroot: Sysroot, name: str, work: Callable[[], None]) ->
         run_in_child(name, work, mount_namespace=MountNamespace.HOST)
 
 
-def _mount_live_overlay(sysroot: Sysroot, usr: Path, back: Path) -> None:
-    """Mount the live overlay on usr, read-only (per mount: set_read_only), its layers in back.
+def _mount_live_overlay(sysroot: Sysroot, usr: Path, back: Path, layer: Path | None = None) -> None:
+    """Mount the live overlay on usr, read-only (per mount: set_read_only), its layers in back
+    (with layer between the upper layer and usr, when given).
 
     On a host this runs in PID 1's mount namespace, where /sysroot, and back with it, may be
     read-only: the overlay's upper layer must be on a writable mount, so back is bind-mounted
@@ -220,7 +230,8 @@ def _mount_live_overlay(sysroot: Sysroot, usr: Path, back: Path) -> None:
     if not sysroot.folder:
         bind_writable(back)
     try:
-        mount_overlay(usr, usr, back / "upper", back / "work", redirect_dir=True)
+        mount_overlay(usr, usr, back / "upper", back / "work", redirect_dir=True,
+                      above=(layer,) if layer is not None else ())
         set_read_only(usr, True)
     finally:
         if not sysroot.folder:
@@ -623,8 +634,7 @@ def _exchange_rpmdb(sysroot: Sysroot, applier: _Applier, target: str, dbpath: Pu
     return "exchanged atomically"
 
 
-def _add_etc(sysroot: Sysroot, root: Path, applier: _Applier,
-             diff: TreeDiff) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def _add_etc(sysroot: Sysroot, root: Path, diff: TreeDiff) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """Config files new in the target's /usr/etc that /etc lacks; none is overwritten. Returns
     the files added and the folders made for them (as /etc/NAME)."""
     etc_diff = diff.under("/usr/etc")
@@ -725,6 +735,99 @@ def _apply_usr(sysroot: Sysroot, applier: _Applier, files: TreeDiff, target: str
     return rpmdb
 
 
+def _as_layer(sysroot: Sysroot, plan: _Plan) -> bool:
+    """Whether plan goes live as a layer (_apply_as_layer): the first live update of the boot (no
+    overlay on /usr yet, which still is the booted commit), it only adds files and directories
+    (its rpmdb may change in any way), and the repository is bare: its objects are the files as a
+    checkout has them (owner, mode, xattrs), not bare-user's stand-ins."""
+    info = mount_at(plan.root / "usr")
+    files = plan.files
+    return ((info is None or info.fstype != "overlay") and plan.source == plan.booted.checksum
+            and not (files.changed_files or files.removed_files or files.removed_dirs or files.changed_dirs)
+            and sysroot.repo.get_mode() == OSTree.RepoMode.BARE
+            and _device(sysroot.backing_dir(plan.booted)) == os.fstat(sysroot.repo.get_dfd()).st_dev)
+
+
+def _device(path: Path) -> int:
+    """The file system path is on, or would be made on (a hardlink cannot cross file systems:
+    the backing folder may be a mount of its own)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return os.stat(path).st_dev
+
+
+def _layer_parents(sysroot: Sysroot, target: str, diff: TreeDiff) -> list[DirEntry]:
+    """The folders the layer needs besides the added ones: each existing parent of what it holds,
+    and each folder whose owner, mode or xattrs change, with target's metadata (a merged folder
+    shows its topmost layer's), parents first."""
+    added = {d.path for d in diff.added_dirs}
+    need = {d.path for d in diff.changed_dirs}
+    for path in (*added, *(f.path for f in (*diff.added_files, *diff.changed_files)), *diff.removed_files):
+        for parent in PurePosixPath(path).parents:
+            p = str(parent)
+            if p == "/usr" or not p.startswith("/usr/"):
+                break
+            if p not in added:
+                need.add(p)
+    metas = dir_metas_at(sysroot.repo, target, need)
+    return [DirEntry(p, metas[p]) for p in sorted(need, key=lambda p: (p.count("/"), p))]
+
+
+def _apply_as_layer(sysroot: Sysroot, plan: _Plan, progress: Progress | None) -> None:
+    """Make the live /usr the target in one mount: link each new file's repository object into a
+    layer in the backing folder, then mount the live overlay with that layer between its (empty)
+    upper layer and /usr.
+
+    No file is written: a bare repository's object is the file, as libostree's hardlink checkouts
+    use it. An overlay never writes a lower layer (a change to the live /usr copies the file up
+    first), so the links are as safe as a deployment's. Nothing is visible before the mount, the
+    whole update after it; killed before it, the next run builds the layer again from nothing.
+    The steps are the write-through path's (the same fault points, at the same states)."""
+    back = sysroot.backing_dir(plan.booted)
+    _drop_backing(back)  # a layer a killed run half built, the upper layer of an earlier boot
+    layer = back / LAYER
+    for folder in (back / "upper", back / "work", layer):
+        folder.mkdir(parents=True)
+    _step("overlay")
+    diff = plan.diff
+    tree = _Tree(layer)
+    objects = open_dir("objects", dir_fd=sysroot.repo.get_dfd())
+    try:
+        applier = _Applier(sysroot, tree, "/usr")
+        for d in (*_layer_parents(sysroot, plan.target, diff), *diff.added_dirs):
+            applier.make_dir(d)
+        files = plan.files.added_files  # reported as the write-through path reports them
+        db = diff.under(str(plan.dbpath))
+        rpmdb = (*db.added_files, *db.changed_files)
+        linked = 0
+        for i, f in enumerate((*files, *rpmdb)):
+            checkpoint()
+            obj = f"{f.checksum[:2]}/{f.checksum[2:]}.file"
+            parent, name = tree.split(_rel(f.path, "/usr"))
+            with _doing(f"linking {layer}{_rel(f.path, '/usr')} to its repository object"):
+                os.link(obj, name, src_dir_fd=objects, dst_dir_fd=parent, follow_symlinks=False)
+                st = os.stat(obj, dir_fd=objects, follow_symlinks=False)
+            if progress and i < len(files):
+                linked += st.st_size if stat.S_ISREG(st.st_mode) else 0
+                progress(ProgressReport("Applying live", i + 1, len(files), linked, 0, f.path))
+            if i == len(files) // 2:
+                _step("files-half")
+        for path in diff.removed_files:  # only the rpmdb's (_as_layer): overlayfs whiteouts
+            parent, name = tree.split(_rel(path, "/usr"))
+            with _doing(f"making a whiteout for {path} in {layer}"):
+                os.mknod(name, stat.S_IFCHR, os.makedev(0, 0), dir_fd=parent)
+        tree.sync()
+    finally:
+        os.close(objects)
+        tree.close()
+    _step("files")
+    _step("rpmdb-new")  # in the layer with the files
+    usr = plan.root / "usr"
+    _in_running_system(sysroot, "lulayer-mount", lambda: _mount_live_overlay(sysroot, usr, back, layer))
+    _step("exchanged")
+    _step("removed")
+
+
 def _stopped(target: str, e: OSError | _Failed) -> LiveApplyError:
     """The error of a live update an OSError stopped; only a full disk is told to free space."""
     if isinstance(e, _Failed):
@@ -817,16 +920,21 @@ def apply_live(sysroot: Sysroot, target: str, *, allow_replacement: bool = False
         with critical():
             live_state.write_state(sysroot, booted, live_state.begin(st, target, transient))
         _step("marked")
-        with writable_usr(sysroot, booted) as (usr, exchange_ok):
-            _step("overlay")
-            tree = _Tree(usr)
-            try:
-                applier = _Applier(sysroot, tree, "/usr")
-                rpmdb = _apply_usr(sysroot, applier, files, target, dbpath, rpmdb_changed=rpmdb_changed,
-                                   exchange_ok=exchange_ok, resumed=resumed, progress=progress)
-            finally:
-                tree.close()
-        etc_added, etc_dirs = _add_etc(sysroot, root, applier, diff)
+        exchange_ok = True
+        if _as_layer(sysroot, plan):
+            _apply_as_layer(sysroot, plan, progress)
+            rpmdb = "switched in with the files, at once" if rpmdb_changed else "unchanged"
+        else:
+            with writable_usr(sysroot, booted) as (usr, exchange_ok):
+                _step("overlay")
+                tree = _Tree(usr)
+                try:
+                    applier = _Applier(sysroot, tree, "/usr")
+                    rpmdb = _apply_usr(sysroot, applier, files, target, dbpath, rpmdb_changed=rpmdb_changed,
+                                       exchange_ok=exchange_ok, resumed=resumed, progress=progress)
+                finally:
+                    tree.close()
+        etc_added, etc_dirs = _add_etc(sysroot, root, diff)
         etc.record_added(sysroot, booted, root / "etc", etc_added, etc_dirs)
         _step("etc")
     except (OSError, _Failed) as e:

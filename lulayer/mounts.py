@@ -182,15 +182,17 @@ def _check_dir(what: str, path: Path) -> os.stat_result:
 
 
 def mount_overlay(
-    target: Path, lower: Path, upper: Path, work: Path, *, redirect_dir: bool = True
+    target: Path, lower: Path, upper: Path, work: Path, *, redirect_dir: bool = True,
+    above: Sequence[Path] = (),
 ) -> None:
-    """Mount an overlay of upper on lower at target, through mount(2).
+    """Mount an overlay of upper on lower at target, through mount(2); above: read-only layers
+    between upper and lower, topmost first.
 
     index=off: an index ties upper to this exact lower, and live apply remounts the
     same upper over a new lower. metacopy=off: a chmod/chown copies the whole file
     up, so the upper layer holds complete files and can be read without the lower.
     """
-    for what, p in [("target", target), ("lowerdir", lower)]:
+    for what, p in [("target", target), *(("lowerdir", a) for a in above), ("lowerdir", lower)]:
         _check_dir(what, p)
     up, wk = _check_dir("upperdir", upper), _check_dir("workdir", work)
     if up.st_dev != wk.st_dev:
@@ -198,7 +200,7 @@ def mount_overlay(
             f"overlay workdir {work} is not on the same file system as upperdir {upper}"
         )
     opts = [
-        f"lowerdir={_escape_layer(lower.absolute())}",
+        f"lowerdir={':'.join(_escape_layer(p.absolute()) for p in (*above, lower))}",
         f"upperdir={_escape_layer(upper.absolute())}",
         f"workdir={_escape_layer(work.absolute())}",
         f"redirect_dir={'on' if redirect_dir else 'off'}",

@@ -200,8 +200,9 @@ def test_symlink_in_live_tree_where_new_directory_goes_is_refused(sysroot: Path,
     outside = tmp_path / "outside"
     outside.mkdir()
     (live / "usr/share/doc/htop").symlink_to(outside)
+    lulayer(sysroot, "install", "hello-config", "--live")  # the first live change of the boot: a layer
 
-    refused = lulayer(sysroot, "install", "htop", "--live", check=False)
+    refused = lulayer(sysroot, "install", "htop", "--live", check=False)  # written through the overlay
 
     one_error_line(refused, f"{live}/usr/share/doc/htop is a symlink where the update puts a directory")
     assert list(outside.iterdir()) == []
@@ -210,8 +211,23 @@ def test_symlink_in_live_tree_where_new_directory_goes_is_refused(sysroot: Path,
     lulayer(sysroot, "apply-live", "--reset")
     (live / "usr/share/doc/htop").unlink()
     lulayer(sysroot, "apply-live")
-    assert_live_is(sysroot, commit_of(pending(sysroot)), tmp_path / "target", set(WITH_HTOP))
+    assert_live_is(sysroot, commit_of(pending(sysroot)), tmp_path / "target", {*WITH_HTOP, "hello-config"})
     assert list(outside.iterdir()) == []
+
+
+def test_symlink_in_live_tree_where_new_directory_goes_is_hidden_by_the_first_live_layer(sysroot: Path,
+                                                                                        tmp_path: Path) -> None:
+    live = booted(sysroot)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (live / "usr/share/doc/htop").symlink_to(outside)
+
+    lulayer(sysroot, "install", "htop", "--live")  # the layer's directory is above the symlink
+
+    assert (live / "usr/share/doc/htop").is_dir() and not (live / "usr/share/doc/htop").is_symlink()
+    assert (live / "usr/share/doc/htop/README").is_file()
+    assert list(outside.iterdir()) == []
+    assert_live_is(sysroot, commit_of(pending(sysroot)), tmp_path / "target", set(WITH_HTOP))
 
 
 def test_symlink_in_live_tree_on_a_parent_directory_is_refused(sysroot: Path, tmp_path: Path) -> None:

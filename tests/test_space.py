@@ -1,8 +1,9 @@
 """The live layer's space comes back (issue 19): disk use measured across live install/uninstall/reboot cycles.
 
-bigfile ships 50 MiB of random data. Installed --live, it lands in the booted deployment's
-live upper layer (ostree/deploy/OS/backing/DEPLOYMENT/lulayer-live/upper), in the repository,
-and in the package cache. Once the package is uninstalled, the machine rebooted and the old
+bigfile ships 50 MiB of random data. Installed --live as the first live change of a boot, it
+lands in the repository, and the live layer (ostree/deploy/OS/backing/DEPLOYMENT/lulayer-live)
+holds hardlinks of its objects; installed --live later in the boot, it is written into the
+live upper layer too. Once the package is uninstalled, the machine rebooted and the old
 deployments cleaned up, the sysroot must be back to its size, within a few MiB, every cycle.
 """
 
@@ -15,7 +16,7 @@ import pytest
 
 from fixtures import build as fixture_build
 from lulayer.fsutil import tree_usage
-from tests.helpers import booted, describe, lulayer, ostree_fsck
+from tests.helpers import booted, describe, lulayer, ostree_fsck, repo_of
 
 pytestmark = pytest.mark.root
 
@@ -44,11 +45,12 @@ def test_live_install_uninstall_reboot_cycles_give_the_space_back(sysroot: Path)
     before = disk_use(sysroot)
     uses = []
     for _ in range(2):
-        lulayer(sysroot, "install", "bigfile", "--live")
+        lulayer(sysroot, "install", "htop", "--live")  # the first live change of the boot: a layer
+        lulayer(sysroot, "install", "bigfile", "--live")  # written into the upper layer
         assert (booted(sysroot) / "usr/share/bigfile/data").stat().st_size == BIGFILE
         assert disk_use(sysroot) - before > 2 * BIGFILE  # the live layer and the repository at least
         fixture_build.reboot(sysroot)
-        lulayer(sysroot, "uninstall", "bigfile", "--live")
+        lulayer(sysroot, "uninstall", "htop", "bigfile", "--live")
         fixture_build.reboot(sysroot)
         cleaned = lulayer(sysroot, "cleanup", "--rollback", "--repomd")
         # The old live layer and the pruned objects: 50 MiB each (a file:// repository's RPMs
@@ -80,8 +82,20 @@ def test_a_new_deployment_removes_the_live_layer_of_the_one_it_replaces(sysroot:
     assert not (booted(sysroot) / "usr/share/bigfile").exists()
 
 
-def test_cleanup_removes_backing_folders_another_tool_left(sysroot: Path) -> None:
+def test_first_live_install_of_a_boot_takes_no_space_of_its_own(sysroot: Path) -> None:
     lulayer(sysroot, "install", "bigfile", "--live")
+    assert (booted(sysroot) / "usr/share/bigfile/data").stat().st_size == BIGFILE
+    live_dir = next(sysroot.glob("ostree/deploy/*/backing/*/lulayer-live"))
+    assert tree_usage(live_dir) < MIB, "the live layer's files are the repository's objects"
+    data = (live_dir / "layer/share/bigfile/data").stat()
+    (obj,) = [o for o in repo_of(sysroot).glob("objects/*/*.file") if o.lstat().st_size == BIGFILE]
+    assert (data.st_dev, data.st_ino) == (obj.stat().st_dev, obj.stat().st_ino)
+    ostree_fsck(sysroot)
+
+
+def test_cleanup_removes_backing_folders_another_tool_left(sysroot: Path) -> None:
+    lulayer(sysroot, "install", "htop", "--live")  # the first live change of the boot: a layer
+    lulayer(sysroot, "install", "bigfile", "--live")  # written into the upper layer
     first = booted(sysroot)
     fixture_build.reboot(sysroot)
     fixture_build.ostree_admin(sysroot, "undeploy", "1")  # the rollback, `first`, removed by ostree itself

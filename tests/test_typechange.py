@@ -359,7 +359,8 @@ def test_readers_during_type_changes_see_old_or_new_never_neither(tc_sysroot: Pa
 def test_an_error_that_is_not_a_full_disk_names_path_operation_and_errno(sysroot: Path, typechange_repo: Path,
                                                                           tmp_path: Path) -> None:
     live = booted(sysroot)
-    lulayer(sysroot, "install", "typechange", "--live")
+    lulayer(sysroot, "install", "htop", "--live")  # the first live change of the boot goes in a layer
+    lulayer(sysroot, "install", "typechange", "--live")  # this one through the upper layer
     point_repo_file(live, typechange_repo)
     upper_share = next(sysroot.glob("ostree/deploy/*/backing/*/lulayer-live/upper")) / SHARE.removeprefix("/usr/")
     fixture_build._set_immutable(upper_share, True)  # EPERM for whatever is made in it
