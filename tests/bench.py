@@ -41,7 +41,10 @@ every run (0.1-0.5 s here), while dnf's, compiled when Debian installed them, ar
 The repository cache is warm: one untimed install on a throwaway clone per size fills
 its var/cache/lulayer, which is copied into each fresh clone before the timed command
 (the dnf baseline gets its own cache directory, warmed the same way). Everything is
-flushed (sync) after set-up, before each timed command.
+flushed (sync) after set-up, before each timed command. No timed command starts within
+SETTLE_S (vm.dirty_expire_centisecs + 1 s) of removing a tree: ext4 makes the file
+creations that follow a large removal pay for it (see SETTLE_S), so a size's trees are all
+removed after its timed runs.
 
 The numbers are reported, with the issue's targets and whether each was met; a missed
 target never fails the run. The whole benchmark runs in a private mount namespace (it
@@ -297,8 +300,35 @@ def _cp_a(src: Path, dest: Path) -> None:
     run(["cp", "-a", "--no-target-directory", src, dest])
 
 
+# ext4 skips, when it allocates an inode, every inode freed less than vm.dirty_expire_centisecs ago (fs/ext4/
+# ialloc.c recently_deleted), and checking each costs a buffer-cache lookup. Measured here: rpm installing bigpkg's
+# 2,001 files into a plain tree took 1.4-1.7 s (openat with O_CREAT: 409 us per call) right after removing copies
+# of that tree, and 0.43 s after 31 s without a removal. A timed command that follows a removal of many files
+# within that window pays for it, and which of lulayer and dnf followed one decided their ratio. So the trees
+# of a size are removed only after its timed runs, and no timed command starts within SETTLE_S of a removal.
+def _settle_s() -> float:
+    try:
+        return int(Path("/proc/sys/vm/dirty_expire_centisecs").read_text()) / 100 + 1
+    except (OSError, ValueError):
+        return 31.0
+
+
+SETTLE_S = _settle_s()
+_last_removal = 0.0
+
+
 def _remove(path: Path) -> None:
-    fb.remove_sysroot(path)  # unmounts, clears immutable attributes, removes (files too)
+    global _last_removal
+    if path.exists() or path.is_symlink():
+        fb.remove_sysroot(path)  # unmounts, clears immutable attributes, removes (files too)
+        _last_removal = time.monotonic()
+
+
+def settle() -> float:
+    """Wait until SETTLE_S have passed since the last removal; returns the seconds waited."""
+    wait = max(0.0, _last_removal + SETTLE_S - time.monotonic())
+    time.sleep(wait)
+    return wait
 
 
 def _cache_dir(sysroot: Path) -> Path:
@@ -387,16 +417,24 @@ class SizeBench:
         self.template = template
         self.cache = work.root / f"cache-{package}-{size}"
         self.dnf_cache = work.root / f"dnf-cache-{package}-{size}"
+        self.trash: list[Path] = []  # removed by clear(), after the timed runs (see SETTLE_S)
+
+    def _new(self, name: str) -> Path:
+        dest = self.work.root / f"{self.package}-{self.size}-{len(self.trash)}-{name}"
+        self.trash.append(dest)
+        return dest
+
+    def clear(self) -> None:
+        while self.trash:
+            _remove(self.trash.pop())
 
     def clone(self, name: str) -> Path:
-        dest = self.work.root / name
-        _remove(dest)
+        dest = self._new(name)
         fb.clone_sysroot(self.template, dest)
         return dest
 
     def copy_live_tree(self, sysroot: Path, name: str) -> Path:
-        dest = self.work.root / name
-        _remove(dest)
+        dest = self._new(name)
         _cp_a(fb.booted_deployment(sysroot), dest)
         fb._set_immutable(dest, False)  # a plain tree, as the booted deployment's copy is
         return dest
@@ -415,68 +453,53 @@ class SizeBench:
     def warm_up(self) -> None:
         """Untimed: fill the lulayer and dnf caches of this size (and the page cache)."""
         sysroot = self.clone("warmup")
-        try:
-            timed(lulayer(sysroot, "install", self.package, "--live"))
-            shutil.rmtree(self.cache, ignore_errors=True)
-            _cp_a(_cache_dir(sysroot), self.cache)
-        finally:
-            _remove(sysroot)
-        tree = self.copy_live_tree(self.template, "warmup-dnf")
-        try:
-            self.dnf(tree)
-        finally:
-            _remove(tree)
+        timed(lulayer(sysroot, "install", self.package, "--live"))
+        shutil.rmtree(self.cache, ignore_errors=True)
+        _cp_a(_cache_dir(sysroot), self.cache)
+        fb.wait_unlocked(sysroot)
+        self.dnf(self.copy_live_tree(self.template, "warmup-dnf"))
 
     def one_run(self) -> dict[str, float]:
         # End to end: install --live on a fresh clone with the warm cache.
         a = self.clone("run-e2e")
-        try:
-            self.give_cache(a)
-            _sync()
-            live = fb.booted_deployment(a)
-            e2e = timed(lulayer(a, "install", self.package, "--live"), _program(live, self.package))
-            _check_installed(live, self.package, "install --live")
-            if e2e.usable_s is None:
-                raise BenchError(f"install --live: {_program(live, self.package)} never ran")
-            t0 = time.perf_counter()
-            fb.wait_unlocked(a)
-            written = e2e.seconds + time.perf_counter() - t0
-            writer_rss_kib = _writer_rss_kib(a)
-            _check_installed(fb.deployments(a)[0], self.package, "the staged deployment")
-        finally:
-            _remove(a)
+        self.give_cache(a)
+        _sync()
+        live = fb.booted_deployment(a)
+        e2e = timed(lulayer(a, "install", self.package, "--live"), _program(live, self.package))
+        _check_installed(live, self.package, "install --live")
+        if e2e.usable_s is None:
+            raise BenchError(f"install --live: {_program(live, self.package)} never ran")
+        t0 = time.perf_counter()
+        fb.wait_unlocked(a)
+        written = e2e.seconds + time.perf_counter() - t0
+        writer_rss_kib = _writer_rss_kib(a)
+        _check_installed(fb.deployments(a)[0], self.package, "the staged deployment")
 
         # The phases: install (compose + deploy), then apply-live, on another clone;
         # the baselines on copies of its live tree, made before anything is live.
         b = self.clone("run-phases")
-        dnf_tree = ostree_tree = None
-        try:
-            self.give_cache(b)
-            _sync()
-            install = timed(lulayer(b, "install", self.package))
-            target = _pending_commit(b)
-            dnf_tree = self.copy_live_tree(b, "run-dnf")
-            ostree_tree = self.copy_live_tree(b, "run-ostree")
-            _sync()
-            apply = timed(lulayer(b, "apply-live"))
-            _check_installed(fb.booted_deployment(b), self.package, "apply-live")
+        self.give_cache(b)
+        _sync()
+        install = timed(lulayer(b, "install", self.package))
+        target = _pending_commit(b)
+        dnf_tree = self.copy_live_tree(b, "run-dnf")
+        ostree_tree = self.copy_live_tree(b, "run-ostree")
+        _sync()
+        apply = timed(lulayer(b, "apply-live"))
+        _check_installed(fb.booted_deployment(b), self.package, "apply-live")
 
-            _sync()
-            dnf = self.dnf(dnf_tree, poll=True)
-            _check_installed(dnf_tree, self.package, "dnf baseline")
-            if dnf.usable_s is None:
-                raise BenchError(f"dnf baseline: {_program(dnf_tree, self.package)} never ran")
+        _sync()
+        dnf = self.dnf(dnf_tree, poll=True)
+        _check_installed(dnf_tree, self.package, "dnf baseline")
+        if dnf.usable_s is None:
+            raise BenchError(f"dnf baseline: {_program(dnf_tree, self.package)} never ran")
 
-            _sync()
-            union = timed(["ostree", f"--repo={b / 'ostree' / 'repo'}", "checkout", "--union-add", target,
-                           ostree_tree])
-            _check_installed(ostree_tree, self.package, "ostree checkout --union-add")
+        _sync()
+        union = timed(["ostree", f"--repo={b / 'ostree' / 'repo'}", "checkout", "--union-add", target,
+                       ostree_tree])
+        _check_installed(ostree_tree, self.package, "ostree checkout --union-add")
 
-            floor = timed([sys.executable, "-c", IMPORT_FLOOR])
-        finally:
-            for path in (dnf_tree, ostree_tree, b):
-                if path is not None:
-                    _remove(path)
+        floor = timed([sys.executable, "-c", IMPORT_FLOOR])
         return {
             "install_live_s": e2e.seconds,
             "usable_s": e2e.usable_s,
@@ -715,12 +738,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             for bench in benches:
                 bench.warm_up()
                 results[bench.package][size] = []
+            print(f"size {size}: waiting {settle():.0f}s since the last removal (SETTLE_S)", file=sys.stderr,
+                  flush=True)
             for i in range(args.runs):
                 for bench in benches:  # interleaved: each run of each package, in turn
                     r = bench.one_run()
                     results[bench.package][size].append(r)
                     print(f"size {size} {bench.package} run {i + 1}/{args.runs}: "
                           + ", ".join(f"{k} {_fmt(k, r[k])}" for k in MEASURED_KEYS), file=sys.stderr, flush=True)
+            for bench in benches:
+                bench.clear()
             print(f"size {size}: done in {time.monotonic() - t0:.0f}s", file=sys.stderr, flush=True)
     finally:
         _remove(work.root)
@@ -729,6 +756,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = {
         "machine": info,
         "config": {"sizes": args.sizes, "runs": args.runs, "packages": args.packages, "cache": CACHE_METHOD,
+                   "settle_s": SETTLE_S,
                    "rss": "wait4 ru_maxrss of the lulayer process (max over it and the children it waited for); "
                           "the detached writer's own VmHWM as writer_rss_mb"},
         "results": summary,
