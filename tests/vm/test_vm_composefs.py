@@ -93,9 +93,12 @@ step json lulayer status --json
     assert b1.ok("which").strip() == "/usr/bin/htop"
     assert "htop 3.3.0" in b1.ok("htop")
     assert b1.ok("rpm-q").strip() == "htop-3.3.0-1.fc41.x86_64"
-    # lulayer's overlay sits on the composefs /usr (lower: /usr itself), read-only between applies.
+    # lulayer's overlay sits on the composefs /usr (lowest layer: /usr itself), read-only between applies; the
+    # first live update of the boot is the layer of repository links above it (apply/live.py _apply_as_layer).
     _source, fstype, options = b1.ok("live-usr").split()
-    assert fstype == "overlay" and "ro" in options.split(",") and "lowerdir=/usr" in options, b1.ok("live-usr")
+    lower = next(o for o in options.split(",") if o.startswith("lowerdir=")).removeprefix("lowerdir=").split(":")
+    assert fstype == "overlay" and "ro" in options.split(","), b1.ok("live-usr")
+    assert len(lower) == 2 and lower[0].endswith("/lulayer-live/layer") and lower[1] == "/usr", b1.ok("live-usr")
     assert "Read-only file system" in b1.failed("touch-usr")
     b1.ok("checkout-untouched")
     assert "Live removed: htop-3.3.0-1.fc41.x86_64" in b1.ok("uninstall"), b1.ok("uninstall")
