@@ -738,12 +738,13 @@ def _apply_usr(sysroot: Sysroot, applier: _Applier, files: TreeDiff, target: str
 def _as_layer(sysroot: Sysroot, plan: _Plan) -> bool:
     """Whether plan goes live as a layer (_apply_as_layer): the first live update of the boot (no
     overlay on /usr yet, which still is the booted commit), it only adds files and directories
-    (its rpmdb may change in any way), and the repository is bare: its objects are the files as a
-    checkout has them (owner, mode, xattrs), not bare-user's stand-ins."""
+    (its rpmdb's files may also change or go, its folders stay folders), and the repository is bare:
+    its objects are the files as a checkout has them (owner, mode, xattrs), not bare-user's stand-ins."""
     info = mount_at(plan.root / "usr")
     files = plan.files
     return ((info is None or info.fstype != "overlay") and plan.source == plan.booted.checksum
             and not (files.changed_files or files.removed_files or files.removed_dirs or files.changed_dirs)
+            and not (plan.diff.removed_dirs or plan.diff.retyped)
             and sysroot.repo.get_mode() == OSTree.RepoMode.BARE
             and _device(sysroot.backing_dir(plan.booted)) == os.fstat(sysroot.repo.get_dfd()).st_dev)
 
