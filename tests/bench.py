@@ -302,7 +302,7 @@ def _cp_a(src: Path, dest: Path) -> None:
 
 # ext4 skips, when it allocates an inode, every inode freed less than vm.dirty_expire_centisecs ago (fs/ext4/
 # ialloc.c recently_deleted), and checking each costs a buffer-cache lookup. Measured here: rpm installing bigpkg's
-# 2,001 files into a plain tree took 1.4-1.7 s (openat with O_CREAT: 409 us per call) right after removing copies
+# 2,001 files into a plain tree took 1.4-1.7 s (openat: 409 us per call on average) right after removing copies
 # of that tree, and 0.43 s after 31 s without a removal. A timed command that follows a removal of many files
 # within that window pays for it, and which of lulayer and dnf followed one decided their ratio. So the trees
 # of a size are removed only after its timed runs, and no timed command starts within SETTLE_S of a removal.
