@@ -20,7 +20,9 @@ with the same steps and fault points: no file is written. Each new file's reposi
 object is hardlinked into a layer beside the overlay's upper and work folders, and the
 overlay is mounted with that layer under its upper layer (_apply_as_layer): the whole
 update, rpmdb included, appears in one mount(2). Later updates of the boot write through
-that overlay, as above.
+that overlay, as above. An install can mount that layer before its commit is written,
+made of the files rpm wrote (mount_ahead); the live update to the commit then checks it
+and records it (_ahead_matches).
 
 The replaced-directory set is every path whose new tree is swapped in whole: a
 path that changes between a directory and a file or symlink, and a directory
@@ -35,10 +37,11 @@ the temporary names it finds beside the set and does the same again.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import stat
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
@@ -48,6 +51,7 @@ from lulayer.apply import etc
 from lulayer.apply import state as live_state
 from lulayer.apply.diff import (
     DirEntry,
+    DirMeta,
     FileEntry,
     Kind,
     TreeDiff,
@@ -72,6 +76,7 @@ from lulayer.fsutil import (
     write_symlink_atomic,
 )
 from lulayer.layering import vardirs
+from lulayer.layering.compose import OVERLAY_XATTR_PREFIX, SQLITE_RUNTIME
 from lulayer.linux import RENAME_EXCHANGE, renameat2, syncfs
 from lulayer.mounts import (
     MountInfo,
@@ -94,10 +99,12 @@ from lulayer.sysroot import LIVE_BACKING, Deployment, Sysroot
 
 STEPS = ("marked", "overlay", "files-half", "files", "rpmdb-new", "exchanged", "removed", "etc")
 RESET_STEPS = ("reset-marked", "reset-unmounted")  # the same, for apply-live --reset
+AHEAD_STEPS = ("ahead-marked", "ahead-half", "ahead-mounted")  # mount_ahead's, before the commit
 # Fault points of each path of the replaced-directory set: "STEP" stops at the first path,
 # "STEP:/usr/PATH" at that one.
 REPLACE_STEPS = ("replace-half-built", "replace-built", "replace-swapped", "replace-half-removed")
 _NAMED_TYPE_CHANGES = 8  # named in a refusal; the rest are counted
+_log = logging.getLogger(__name__)
 LAYER = "layer"  # in the backing folder, beside upper and work: the layer of _apply_as_layer
 
 
@@ -287,6 +294,17 @@ class _Tree:
             syncfs(self._fds["/"])
 
 
+def _set_dir_meta_at(parent: int, name: str, meta: DirMeta) -> None:
+    fd = open_dir(name, dir_fd=parent, follow_symlinks=False)
+    try:
+        os.fchown(fd, meta.uid, meta.gid)
+        os.fchmod(fd, stat.S_IMODE(meta.mode))
+        for k, v in meta.xattrs:
+            os.setxattr(fd, k, v)
+    finally:
+        os.close(fd)
+
+
 def _rel(path: str, prefix: str) -> str:
     """path relative to the tree mounted at prefix (/usr/bin/x under /usr is /bin/x)."""
     return path[len(prefix):] or "/"
@@ -383,14 +401,7 @@ class _Applier:
         meta = read_dir_meta(self.repo, e.meta_checksum)
         parent, name = self.tree.split(_rel(e.path, self.prefix))
         with _doing(f"setting the owner, mode and xattrs of {self.where(e.path)}"):
-            fd = open_dir(name, dir_fd=parent, follow_symlinks=False)
-            try:
-                os.fchown(fd, meta.uid, meta.gid)
-                os.fchmod(fd, stat.S_IMODE(meta.mode))
-                for k, v in meta.xattrs:
-                    os.setxattr(fd, k, v)
-            finally:
-                os.close(fd)
+            _set_dir_meta_at(parent, name, meta)
 
     def write_file(self, e: FileEntry, dest: tuple[int, str] | None = None) -> int:
         """Write the file; return its size."""
@@ -683,12 +694,17 @@ def reset(sysroot: Sysroot) -> LiveResult:
             live_state.write_state(sysroot, booted, live_state.begin(st, booted.checksum))
     _step("reset-marked")
     if ours:
-        # Lazily: processes running from the live /usr keep their files.
-        _in_running_system(sysroot, "lulayer-umount", lambda: unmount(usr, lazy=True))
+        _unmount_live(sysroot, booted)
     _step("reset-unmounted")
     _drop_backing(sysroot.backing_dir(booted))
     live_state.clear_state(sysroot, booted)
     return LiveResult(source=source, target=booted.checksum, changes=changes, resumed=st.inprogress is not None)
+
+
+def _unmount_live(sysroot: Sysroot, booted: Deployment) -> None:
+    """Take lulayer's overlay off the live /usr, lazily: processes running from it keep their files."""
+    usr = live_root(sysroot, booted) / "usr"
+    _in_running_system(sysroot, "lulayer-umount", lambda: unmount(usr, lazy=True))
 
 
 def _apply_usr(sysroot: Sysroot, applier: _Applier, files: TreeDiff, target: str, dbpath: PurePosixPath, *,
@@ -737,16 +753,27 @@ def _apply_usr(sysroot: Sysroot, applier: _Applier, files: TreeDiff, target: str
 
 def _as_layer(sysroot: Sysroot, plan: _Plan) -> bool:
     """Whether plan goes live as a layer (_apply_as_layer): the first live update of the boot (no
-    overlay on /usr yet, which still is the booted commit), it only adds files and directories
-    (its rpmdb's files may also change or go, its folders stay folders), and the repository is bare:
-    its objects are the files as a checkout has them (owner, mode, xattrs), not bare-user's stand-ins."""
-    info = mount_at(plan.root / "usr")
+    overlay on /usr yet, which still is the booted commit), it only adds (_only_adds), and the
+    repository is bare: its objects are the files as a checkout has them (owner, mode, xattrs), not
+    bare-user's stand-ins."""
+    return (_layer_possible(sysroot, plan.booted, plan.root, os.fstat(sysroot.repo.get_dfd()).st_dev)
+            and plan.source == plan.booted.checksum and _only_adds(plan))
+
+
+def _layer_possible(sysroot: Sysroot, booted: Deployment, root: Path, device: int) -> bool:
+    """Whether a layer of links to files on device can go under the live /usr: no overlay is on it
+    yet, the repository is bare, and the backing folder is on device."""
+    info = mount_at(root / "usr")
+    return ((info is None or info.fstype != "overlay") and sysroot.repo.get_mode() == OSTree.RepoMode.BARE
+            and _device(sysroot.backing_dir(booted)) == device)
+
+
+def _only_adds(plan: _Plan) -> bool:
+    """Whether plan only adds files and directories (its rpmdb's files may also change or go, its
+    folders stay folders)."""
     files = plan.files
-    return ((info is None or info.fstype != "overlay") and plan.source == plan.booted.checksum
-            and not (files.changed_files or files.removed_files or files.removed_dirs or files.changed_dirs)
-            and not (plan.diff.removed_dirs or plan.diff.retyped)
-            and sysroot.repo.get_mode() == OSTree.RepoMode.BARE
-            and _device(sysroot.backing_dir(plan.booted)) == os.fstat(sysroot.repo.get_dfd()).st_dev)
+    return (not (files.changed_files or files.removed_files or files.removed_dirs or files.changed_dirs)
+            and not (plan.diff.removed_dirs or plan.diff.retyped))
 
 
 def _device(path: Path) -> int:
@@ -827,6 +854,245 @@ def _apply_as_layer(sysroot: Sysroot, plan: _Plan, progress: Progress | None) ->
     _in_running_system(sysroot, "lulayer-mount", lambda: _mount_live_overlay(sysroot, usr, back, layer))
     _step("exchanged")
     _step("removed")
+
+
+# --- ahead of the commit ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _AheadLayer:
+    """What a compose's upper layers add to the live /usr, as paths under it ("/bin/htop")."""
+
+    dirs: tuple[tuple[str, DirMeta], ...]  # parents first, with the owner, mode and xattrs they have there
+    files: tuple[tuple[str, Path], ...]  # each with the file rpm wrote (in the upper layer)
+    rpmdb: tuple[tuple[str, Path], ...]  # the rpmdb's files, new or changed
+    whiteouts: tuple[str, ...]  # the rpmdb's files that go
+
+
+def _own_xattrs(path: str) -> tuple[tuple[str, bytes], ...]:
+    """path's xattrs but the overlay's own (what the compose's commit keeps of them)."""
+    return tuple((n, os.getxattr(path, n, follow_symlinks=False))
+                 for n in sorted(os.listxattr(path, follow_symlinks=False)) if not n.startswith(OVERLAY_XATTR_PREFIX))
+
+
+def _ahead_layer(upper_usr: Path, upper_etc: Path, live_usr: Path, db: str) -> _AheadLayer | None:
+    """What the upper layers (of the compose's root and /etc, the latter /usr/etc) add to live_usr,
+    or None when they do more than add: a path that changes type, a removal outside the rpmdb (db,
+    under /usr), anything under /lib/modules. A file live_usr has already is left out: the commit
+    is checked to keep it as it is (_ahead_matches)."""
+    dirs: list[tuple[str, DirMeta]] = []
+    files: list[tuple[str, Path]] = []
+    rpmdb: list[tuple[str, Path]] = []
+    whiteouts: list[str] = []
+
+    def walk(src: str, rel: str, live: bool) -> bool:
+        with os.scandir(src) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for e in entries:
+            path = f"{rel}/{e.name}"
+            if path.startswith("/lib/modules/"):
+                return False  # the running kernel's may be among them: check_live_change decides
+            in_db = path.startswith(db + "/")
+            st = e.stat(follow_symlinks=False)
+            have = None
+            if live:
+                with suppress(FileNotFoundError):
+                    have = os.lstat(f"{live_usr}{path}")
+            if stat.S_ISDIR(st.st_mode):
+                if _is_opaque(e.path) or (have is not None and not stat.S_ISDIR(have.st_mode)):
+                    return False
+                dirs.append((path, DirMeta("", st.st_mode, st.st_uid, st.st_gid, _own_xattrs(e.path))))
+                if not walk(e.path, path, have is not None):
+                    return False
+            elif stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+                if not in_db:
+                    return False
+                whiteouts.append(path)
+            elif not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+                return False
+            elif in_db:
+                if not e.name.endswith(SQLITE_RUNTIME):  # the open database's, never committed
+                    rpmdb.append((path, Path(e.path)))
+            elif have is None:
+                files.append((path, Path(e.path)))
+        return True
+
+    if upper_usr.is_dir() and not walk(str(upper_usr), "", True):
+        return None
+    if upper_etc.is_dir() and os.listdir(upper_etc):
+        # The commit gives /usr/etc the owner, mode and xattrs of this upper layer's folder.
+        have_etc = os.path.lexists(f"{live_usr}/etc")
+        st = os.lstat(upper_etc)
+        if (have_etc and not os.path.isdir(f"{live_usr}/etc")) or _is_opaque(str(upper_etc)):
+            return None
+        dirs.append(("/etc", DirMeta("", st.st_mode, st.st_uid, st.st_gid, _own_xattrs(str(upper_etc)))))
+        if not walk(str(upper_etc), "/etc", have_etc):
+            return None
+    return _AheadLayer(tuple(dirs), tuple(files), tuple(rpmdb), tuple(whiteouts))
+
+
+def _is_opaque(path: str) -> bool:
+    try:
+        return os.getxattr(path, f"{OVERLAY_XATTR_PREFIX}opaque", follow_symlinks=False) == b"y"
+    except OSError:
+        return False
+
+
+def mount_ahead(sysroot: Sysroot, upper_root: Path, upper_etc: Path, progress: Progress | None = None) -> bool:
+    """Make what a compose's rpm transaction wrote live now, before its commit is written; returns
+    whether it did. The live update to the commit (apply_live) then only checks that the layer holds
+    the commit's new files, and records it.
+
+    Only for the first live update of the boot (no overlay on /usr, nothing live), when the
+    transaction only adds (_ahead_layer): each new file rpm wrote is hardlinked into the layer of
+    _apply_as_layer and mounted the same way; the commit adopts those same files as its objects.
+    From the state's record (ahead) until the live update to the commit is recorded in progress, a
+    kill leaves nothing for the next command to finish (no commit, or no deployment staged for it):
+    the next command takes the layer back (finish_interrupted), as apply-live --reset does."""
+    booted = sysroot.booted()
+    st = live_state.read_state(sysroot, booted)
+    root = live_root(sysroot, booted)
+    usr = root / "usr"
+    db = str(tree_dbpath(root))
+    if (st.live or st.transient is not None or not db.startswith("/usr/")
+            or not _layer_possible(sysroot, booted, root, os.stat(upper_root).st_dev)
+            or (usr / "etc" / "selinux" / "config").exists()):  # the commit labels its files (compose._modifier)
+        return False
+    layout = _ahead_layer(upper_root / "usr", upper_etc, usr, _rel(db, "/usr"))
+    if layout is None:
+        return False
+    checkpoint()
+    reached(Stage.LIVE_AHEAD)
+    with critical():
+        live_state.write_state(sysroot, booted, replace(st, ahead=True))
+    _step("ahead-marked")
+    try:
+        _mount_ahead_layer(sysroot, booted, usr, layout, progress)
+    except (OSError, _Failed) as e:
+        # Nothing needs it: the update goes live from its commit instead.
+        _log.debug("the new files could not go live ahead of their commit: %s", e)
+        take_back_ahead(sysroot)
+        return False
+    _step("ahead-mounted")
+    return True
+
+
+def _mount_ahead_layer(sysroot: Sysroot, booted: Deployment, usr: Path, layout: _AheadLayer,
+                       progress: Progress | None) -> None:
+    back = sysroot.backing_dir(booted)
+    _drop_backing(back)
+    layer = back / LAYER
+    for folder in (back / "upper", back / "work", layer):
+        folder.mkdir(parents=True)
+    tree = _Tree(layer)
+    try:
+        for path, meta in layout.dirs:
+            parent, name = tree.split(path)
+            with _doing(f"creating the directory {layer}{path}"):
+                os.mkdir(name, 0o700, dir_fd=parent)
+                _set_dir_meta_at(parent, name, meta)
+        linked = 0
+        for i, (path, src) in enumerate((*layout.files, *layout.rpmdb)):
+            checkpoint()
+            parent, name = tree.split(path)
+            with _doing(f"linking {layer}{path} to {src}"):
+                for k in os.listxattr(src, follow_symlinks=False):  # a file copied up (the rpmdb's)
+                    if k.startswith(OVERLAY_XATTR_PREFIX):
+                        os.removexattr(src, k, follow_symlinks=False)
+                os.link(src, name, dst_dir_fd=parent, follow_symlinks=False)
+            if progress and i < len(layout.files):
+                st = os.lstat(src)
+                linked += st.st_size if stat.S_ISREG(st.st_mode) else 0
+                progress(ProgressReport("Applying live", i + 1, len(layout.files), linked, 0, f"/usr{path}"))
+            if i == len(layout.files) // 2:
+                _step("ahead-half")
+        for path in layout.whiteouts:
+            parent, name = tree.split(path)
+            with _doing(f"making a whiteout for /usr{path} in {layer}"):
+                os.mknod(name, stat.S_IFCHR, os.makedev(0, 0), dir_fd=parent)
+        tree.sync()
+    finally:
+        tree.close()
+    _in_running_system(sysroot, "lulayer-mount", lambda: _mount_live_overlay(sysroot, usr, back, layer))
+
+
+def take_back_ahead(sysroot: Sysroot) -> LiveResult | None:
+    """Take back what mount_ahead made live when no live update to its commit is recorded: the
+    install stopped before it (failed, refused, killed). None when nothing is ahead."""
+    st = live_state.read_state(sysroot, sysroot.booted())
+    if not st.ahead or st.inprogress is not None:
+        return None
+    return reset(sysroot)
+
+
+def _ahead_matches(sysroot: Sysroot, plan: _Plan) -> bool:
+    """Whether the layer mount_ahead mounted is the one _apply_as_layer would make for plan: the
+    same new files (the same inodes, or the same owner, mode, xattrs and content), its folders
+    with the target's owner, mode and xattrs, the rpmdb's removed files hidden, nothing else."""
+    info = mount_at(plan.root / "usr")
+    if info is None or not _is_ours(sysroot, plan.booted, info) or not _only_adds(plan):
+        return False
+    layer = sysroot.backing_dir(plan.booted) / LAYER
+    diff = plan.diff
+    db = diff.under(str(plan.dbpath))
+    db_rel = _rel(str(plan.dbpath), "/usr")
+    added = {_rel(f.path, "/usr"): f.checksum for f in plan.files.added_files}
+    # All of the target's rpmdb: rpm may have rewritten files of it that did not change.
+    db_files = {_rel(f.path, "/usr"): f.checksum for f in _commit_dir_files(sysroot, plan.target, plan.dbpath)}
+    db_new = {_rel(f.path, "/usr") for f in (*db.added_files, *db.changed_files)}
+    files: list[str] = []
+    dirs: list[str] = []
+    whiteouts: set[str] = set()
+
+    def walk(rel: str) -> None:
+        with os.scandir(f"{layer}{rel}") as it:
+            for e in it:
+                path = f"{rel}/{e.name}"
+                if e.is_dir(follow_symlinks=False):
+                    dirs.append(path)
+                    walk(path)
+                elif stat.S_ISCHR(e.stat(follow_symlinks=False).st_mode):
+                    whiteouts.add(path)
+                else:
+                    files.append(path)
+
+    walk("")
+    in_db = {f for f in files if f.startswith(db_rel + "/")}
+    if set(files) - in_db != added.keys() or not db_new <= in_db <= db_files.keys():
+        return False
+    if not {_rel(p, "/usr") for p in db.removed_files} <= whiteouts:
+        return False
+    if not {_rel(d.path, "/usr") for d in diff.added_dirs} <= set(dirs):
+        return False
+    metas = dir_metas_at(sysroot.repo, plan.target, [f"/usr{d}" for d in dirs])
+    for d in dirs:
+        meta = read_dir_meta(sysroot.repo, metas[f"/usr{d}"])
+        st = os.lstat(f"{layer}{d}")
+        if (st.st_mode, st.st_uid, st.st_gid, _own_xattrs(f"{layer}{d}")) != (
+                meta.mode, meta.uid, meta.gid, tuple(sorted(meta.xattrs))):
+            return False
+    objects = Path(sysroot.repo.get_path().get_path()) / "objects"
+    want = {**added, **{f: db_files[f] for f in in_db}}
+    return all(_same_file(f"{layer}{path}", f"{objects}/{c[:2]}/{c[2:]}.file") for path, c in want.items())
+
+
+def _same_file(a: str, b: str) -> bool:
+    """Whether a and b are one file, or files of the same type, owner, mode, xattrs and content."""
+    sa, sb = os.lstat(a), os.lstat(b)
+    if (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino):
+        return True
+    if ((sa.st_mode, sa.st_uid, sa.st_gid, sa.st_size) != (sb.st_mode, sb.st_uid, sb.st_gid, sb.st_size)
+            or _own_xattrs(a) != _own_xattrs(b)):
+        return False
+    if stat.S_ISLNK(sa.st_mode):
+        return os.readlink(a) == os.readlink(b)
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            x, y = fa.read(1 << 20), fb.read(1 << 20)
+            if x != y:
+                return False
+            if not x:
+                return True
 
 
 def _stopped(target: str, e: OSError | _Failed) -> LiveApplyError:
@@ -922,8 +1188,18 @@ def apply_live(sysroot: Sysroot, target: str, *, allow_replacement: bool = False
             live_state.write_state(sysroot, booted, live_state.begin(st, target, transient))
         _step("marked")
         exchange_ok = True
-        if _as_layer(sysroot, plan):
-            _apply_as_layer(sysroot, plan, progress)
+        ahead = st.ahead and _ahead_matches(sysroot, plan)
+        if ahead:
+            # Live since mount_ahead; the steps are the layer's, passed at the same state.
+            for step in STEPS[1:-1]:
+                _step(step)
+        elif st.ahead:
+            _log.debug("the files live ahead of %s are not what it holds: it goes live from the commit", target)
+            if (info := mount_at(root / "usr")) is not None and _is_ours(sysroot, booted, info):
+                _unmount_live(sysroot, booted)
+        if ahead or _as_layer(sysroot, plan):
+            if not ahead:
+                _apply_as_layer(sysroot, plan, progress)
             rpmdb = "switched in with the files, at once" if rpmdb_changed else "unchanged"
         else:
             with writable_usr(sysroot, booted) as (usr, exchange_ok):
@@ -962,6 +1238,9 @@ def finish_interrupted(sysroot: Sysroot, say: Callable[[str], None]) -> LiveResu
     booted = sysroot.booted()
     live_state.drop_stale_temps(sysroot, booted)
     st = live_state.read_state(sysroot, booted)
+    if st.ahead and st.inprogress is None:
+        say("Taking back the packages an interrupted install made live ahead of its deployment")
+        return take_back_ahead(sysroot)
     if st.inprogress is None:
         live_state.drop_stale_refs(sysroot, booted)
         return None

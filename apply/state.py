@@ -47,16 +47,19 @@ class LiveState:
     inprogress: str | None = None  # the target of an update that has not finished
     replaced: bool = False  # files were changed or removed, not only added
     transient: Transient | None = None  # what the live commit (or the target in progress) holds for now only
+    # A compose's new files are live ahead of their commit (live.mount_ahead): the install that made
+    # them goes on to its commit and finishes the update to it; killed before that, they are taken back.
+    ahead: bool = False
 
     @property
     def live(self) -> bool:
-        return self.commit != self.booted or self.inprogress is not None
+        return self.commit != self.booted or self.inprogress is not None or self.ahead
 
     def to_json(self) -> dict[str, object]:
         transient = None if self.transient is None else {"base": self.transient.base,
                                                          "packages": list(self.transient.packages)}
         return {"commit": self.commit, "inprogress": self.inprogress, "replaced": self.replaced,
-                "transient": transient}
+                "transient": transient, "ahead": self.ahead}
 
 
 def _held(state: LiveState) -> set[str]:
@@ -100,6 +103,7 @@ def read_state(sysroot: Sysroot, booted: Deployment) -> LiveState:
         inprogress=data.get("inprogress") or None,
         replaced=bool(data.get("replaced")),
         transient=Transient(str(transient["base"]), tuple(transient["packages"])) if transient else None,
+        ahead=bool(data.get("ahead")),
     )
 
 

@@ -22,7 +22,7 @@ import os
 import stat
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import suppress
 from dataclasses import astuple, dataclass
 from pathlib import Path, PurePosixPath
@@ -50,8 +50,8 @@ SCRATCH_PREFIX = "lulayer-compose-"
 DROPPED_TOP = frozenset({"var", "run", "tmp", "proc", "sys", "dev", "boot", "sysroot"})
 # The root's upper layer skips these and /etc, which has an upper layer of its own (-> /usr/etc).
 _SKIPPED_TOP = DROPPED_TOP | {"etc"}
-_OVERLAY_XATTR_PREFIX = "trusted.overlay."
-_SQLITE_RUNTIME = ("-shm", "-wal", "-journal")
+OVERLAY_XATTR_PREFIX = "trusted.overlay."
+SQLITE_RUNTIME = ("-shm", "-wal", "-journal")
 
 
 @dataclass(frozen=True)
@@ -114,9 +114,11 @@ def clean_stale_scratch(tmp: Path) -> None:
                 remove_tree_at(fd, name)
 
 
-def compose(repo: OSTree.Repo, scratch_dir: Path, req: ComposeRequest) -> str:
+def compose(repo: OSTree.Repo, scratch_dir: Path, req: ComposeRequest,
+            ahead: Callable[[Path, Path], object] | None = None) -> str:
     """Install req.rpms onto the base commit, working in scratch_dir (on the repository's
-    file system); return the new commit's checksum."""
+    file system); return the new commit's checksum. ahead is called with the upper layers of
+    the root and of /etc once rpm has written them, before they are committed (live.mount_ahead)."""
     scratch = scratch_dir / f"{SCRATCH_PREFIX}{uuid.uuid4().hex[:12]}"
     dirs = {k: scratch / k for k in ("upper-root", "work-root", "upper-etc", "work-etc", "merged")}
     for d in dirs.values():
@@ -130,6 +132,8 @@ def compose(repo: OSTree.Repo, scratch_dir: Path, req: ComposeRequest) -> str:
         except LulayerError as e:
             raise ComposeError(f"composing the new tree failed: {e.message}", hint=e.hint) from e
         packages = tuple(Package(*p) for p in json.loads(installed.read_text()))
+        if ahead is not None:
+            ahead(dirs["upper-root"], dirs["upper-etc"])
         return _commit_upper(repo, req, dirs["upper-root"], dirs["upper-etc"], packages)
     finally:
         remove_path(scratch)
@@ -197,7 +201,7 @@ def _modifier(repo: OSTree.Repo, req: ComposeRequest, upper: Path, skip_top: boo
         # sqlite's shared-memory and WAL files are the open database's, never the image's:
         # committed, a reader of a deployment would write through them into the repository.
         parent, _, name = path.rpartition("/")
-        if parent == db and name.endswith(_SQLITE_RUNTIME):
+        if parent == db and name.endswith(SQLITE_RUNTIME):
             return OSTree.RepoCommitFilterResult.SKIP
         if info.get_file_type() == Gio.FileType.SPECIAL:  # (whiteouts are gone: _apply_removals)
             return OSTree.RepoCommitFilterResult.SKIP
@@ -211,7 +215,7 @@ def _modifier(repo: OSTree.Repo, req: ComposeRequest, upper: Path, skip_top: boo
         except OSError:
             names = []
         for name in sorted(names):
-            if name.startswith(_OVERLAY_XATTR_PREFIX):
+            if name.startswith(OVERLAY_XATTR_PREFIX):
                 continue
             value = os.getxattr(full, name, follow_symlinks=False)
             pairs.append((name.encode() + b"\0", value))

@@ -260,7 +260,8 @@ class Layering:
     """The layering operations on one locked sysroot."""
 
     def __init__(self, sysroot: Sysroot, resolver: Resolver | None = None, progress: Progress | None = None,
-                 live_gate: Callable[[str], bool] | None = None) -> None:
+                 live_gate: Callable[[str], bool] | None = None,
+                 ahead: Callable[[Path, Path], object] | None = None) -> None:
         self.sysroot = sysroot
         self.resolver = resolver or make_resolver()
         self.progress = progress
@@ -268,6 +269,9 @@ class Layering:
         # It raises to refuse the change (nothing is recorded), or says whether it goes live
         # (staged) or not (deployed for the next boot only).
         self.live_gate = live_gate
+        # Given what rpm wrote (the upper layers of a compose's root and /etc), before it is committed
+        # (compose.compose): live.mount_ahead, for an install that goes live.
+        self.ahead = ahead
 
     def install(self, names: Sequence[str], *, dry_run: bool = False, idempotent: bool = False,
                 allow_inactive: bool = False, latest: bool = False, stage: bool = False) -> LayerResult:
@@ -571,7 +575,7 @@ class Layering:
             replaced=tuple(composer.Replacement(r.package, in_base[r.package.name],
                                                 "" if r.repo_id == LOCAL_REPO_ID else f"repo={r.repo_id}")
                            for r in installs if r.package.name in in_base),
-        ))
+        ), ahead=self.ahead)
         signals.checkpoint()  # the new commit has no ref yet: a later prune removes it
         return done(self._deploy(commit, origin, merge, changes, req_sorted, stage))
 

@@ -27,7 +27,7 @@ from typing import Protocol
 from lulayer import signals
 from lulayer.apply import live
 from lulayer.apply import state as live_state
-from lulayer.apply.live import LiveResult, check_live, live_root
+from lulayer.apply.live import LiveResult, check_live, live_root, mount_ahead, take_back_ahead
 from lulayer.apply.sysconf import link_clashes
 from lulayer.errors import LiveApplyError, LiveRefusedError, LulayerError
 from lulayer.layering import deploy, staged, vardirs
@@ -225,7 +225,7 @@ class Transaction:
         return self._layer(lambda ly: ly.install(names, dry_run=dry_run, idempotent=idempotent,
                                                  allow_inactive=allow_inactive, latest=latest, stage=live),
                            live=live, allow_replacement=allow_replacement, allow_removal=False,
-                           live_or_reboot=live_or_reboot)
+                           live_or_reboot=live_or_reboot, ahead=live)
 
     def uninstall(self, names: Sequence[str], *, remove_all: bool = False, idempotent: bool = False,
                   dry_run: bool = False, live: bool = False, allow_replacement: bool = False,
@@ -270,9 +270,11 @@ class Transaction:
                            live_or_reboot=live_or_reboot)
 
     def _layer(self, operation: Callable[[Layering], LayerResult], *, live: bool, allow_replacement: bool,
-               allow_removal: bool, live_or_reboot: bool = False, drop: Sequence[str] = ()) -> LayerOutcome:
+               allow_removal: bool, live_or_reboot: bool = False, drop: Sequence[str] = (),
+               ahead: bool = False) -> LayerOutcome:
         outcome = self._layer_outcome(operation, live=live, allow_replacement=allow_replacement,
-                                      allow_removal=allow_removal, live_or_reboot=live_or_reboot, drop=drop)
+                                      allow_removal=allow_removal, live_or_reboot=live_or_reboot, drop=drop,
+                                      ahead=ahead)
         if outcome.layer.dry_run:  # what the next boot would bring; a live apply would leave nothing pending
             pending = not live and (outcome.layer.changed or self.needs_reboot())
         else:
@@ -284,7 +286,10 @@ class Transaction:
         return needs_reboot(self.sysroot)
 
     def _layer_outcome(self, operation: Callable[[Layering], LayerResult], *, live: bool, allow_replacement: bool,
-                       allow_removal: bool, live_or_reboot: bool, drop: Sequence[str] = ()) -> LayerOutcome:
+                       allow_removal: bool, live_or_reboot: bool, drop: Sequence[str] = (),
+                       ahead: bool = False) -> LayerOutcome:
+        """ahead: the packages may go live as soon as rpm has written them, before their commit
+        (live.mount_ahead); the live update to the commit then records them."""
         self._recover()
         refused: list[LiveRefusedError] = []
 
@@ -304,12 +309,26 @@ class Transaction:
                 return False
             return True
 
+        def go_ahead(upper_root: Path, upper_etc: Path) -> None:
+            if self._transient() is None:
+                mount_ahead(self.sysroot, upper_root, upper_etc, self.reporter.progress)
+
         # With live, the next boot's deployment is staged: written after the live update.
-        result = operation(Layering(self.sysroot, progress=self.reporter.progress, live_gate=live_gate))
-        signals.checkpoint()
+        try:
+            result = operation(Layering(self.sysroot, progress=self.reporter.progress, live_gate=live_gate,
+                                        ahead=go_ahead if ahead else None))
+            signals.checkpoint()
+        except BaseException:
+            # What went live ahead has no live update to its commit to finish it: take it back. After a
+            # signal the command stops as a SIGKILL would: the next command takes it back.
+            if ahead and signals.received() is None:
+                with suppress(LulayerError):
+                    take_back_ahead(self.sysroot)
+            raise
         if result.dry_run:
             return LayerOutcome(result, None, NextBoot.UNCHANGED)
         if refused:
+            take_back_ahead(self.sysroot)
             return LayerOutcome(result, None, NextBoot.WRITTEN, live_refused=str(refused[0]))
         if not live:
             if result.deployment is not None:  # its /var links are made at the next boot: say what is in the way

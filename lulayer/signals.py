@@ -33,6 +33,8 @@ class Stage(StrEnum):
     STAGED = "the next boot's deployment is recorded, not yet written; the next lulayer command writes it"
     LIVE = ("the live update is in progress (status: InterruptedLiveCommit); the next lulayer command "
             "(or `lulayer apply-live --reset`) finishes it")
+    LIVE_AHEAD = ("the new packages went live ahead of their deployment, which was not finished; the next lulayer "
+                  "command (or `lulayer apply-live --reset`) takes them back")
     LIVE_DONE = "the live update was applied"
     LIVE_DONE_STAGED = ("the live update was applied; the next boot's deployment is recorded, not yet written; "
                         "the next lulayer command writes it")

@@ -106,12 +106,13 @@ def one_error_line(proc: subprocess.CompletedProcess[str], *needles: str) -> str
     return lines[0]
 
 
-def spawn_lulayer(sysroot: Path, args: Sequence[str], log: Path) -> subprocess.Popen[bytes]:
+def spawn_lulayer(sysroot: Path, args: Sequence[str], log: Path,
+                  env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
     """Start `lulayer --sysroot SYSROOT ARGS...` in a session of its own (os.killpg kills it and
-    its children), its stdout and stderr to LOG; the caller waits for it."""
+    its children), its stdout and stderr to LOG, with env added; the caller waits for it."""
     with open(log, "wb") as out:
         return subprocess.Popen(cli_argv(sysroot, *args), stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True, env=dict(os.environ, LC_ALL="C"))
+                                start_new_session=True, env={**os.environ, "LC_ALL": "C", **(env or {})})
 
 
 # --------------------------------------------------------------------------- sysroot layout

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from fixtures import build as fixture_build
-from lulayer.apply.live import STEPS
-from lulayer.faults import FAULT_ENV
+from lulayer.apply.live import AHEAD_STEPS, STEPS
+from lulayer.faults import FAULT_ENV, FAULT_SIGNAL_ENV
+from lulayer.signals import Stage
 from tests.helpers import (
     BASE,
     DBPATH,
@@ -37,6 +40,8 @@ from tests.helpers import (
     repo_of,
     rpm,
     rpm_names,
+    spawn_lulayer,
+    staged_record,
     temp_files_under,
     tree_diff,
     tree_entries,
@@ -263,6 +268,104 @@ def test_reset_after_interrupted_live_install_returns_to_booted_commit(sysroot: 
     assert (pending(sysroot) / "usr/bin/htop").is_file()
     assert "LiveCommit" not in lulayer(sysroot, "status").stdout
     ostree_fsck(sysroot)
+
+
+# --------------------------------------------------------------------------- ahead of the commit
+
+
+def _stopped_at(sysroot: Path, step: str, log: Path, *args: str) -> subprocess.Popen[bytes]:
+    """`lulayer ARGS` started and stopped (SIGSTOP) at fault point step; the caller continues it."""
+    proc = spawn_lulayer(sysroot, args, log, env={FAULT_ENV: step, FAULT_SIGNAL_ENV: "STOP"})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        state = Path(f"/proc/{proc.pid}/stat").read_text().rpartition(")")[2].split()[0]
+        if state == "T":
+            return proc
+        assert proc.poll() is None, f"{args} ended without reaching {step}:\n{log.read_text()}"
+        time.sleep(0.01)
+    raise AssertionError(f"{args} did not reach {step}")
+
+
+def _commit_objects(sysroot: Path) -> set[str]:
+    return {p.name for p in (repo_of(sysroot) / "objects").glob("*/*.commit")}
+
+
+def test_install_live_runs_the_package_before_its_commit_is_written(sysroot: Path, tmp_path: Path) -> None:
+    live = booted(sysroot)
+    commits = _commit_objects(sysroot)
+    proc = _stopped_at(sysroot, "ahead-mounted", tmp_path / "log", "install", "htop", "--live")
+    try:
+        ran = chroot(live, "htop")
+        assert ran.returncode == 0 and ran.stdout.strip() == "htop 3.3.0", describe(ran)
+        assert rpm_names(live) == WITH_HTOP
+        assert _commit_objects(sysroot) == commits, "the new commit is written after the package went live"
+        assert pending(sysroot) == live and staged_record(sysroot) is None
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+    assert proc.wait() == 0, (tmp_path / "log").read_text()
+
+    target = next_commit(sysroot)
+    assert live_commit(sysroot) == target
+    assert_usr_is_commit(sysroot, live, target, tmp_path / "target-usr")
+    layer = next(sysroot.glob("ostree/deploy/*/backing/*/lulayer-live/layer"))
+    obj = repo_of(sysroot) / "objects"
+    htop = (layer / "bin/htop").stat()
+    linked = [o for o in obj.glob("*/*.file") if o.lstat().st_ino == htop.st_ino]
+    assert linked, "the file rpm wrote is the commit's object, and the one the live /usr shows"
+    ostree_fsck(sysroot)
+
+
+def test_install_live_ahead_links_only_what_the_booted_usr_lacks(sysroot: Path, tmp_path: Path) -> None:
+    """With a package layered already (hello-config, booted), the compose installs it again; the
+    layer that goes live ahead of the commit holds only htop's files and the rpmdb."""
+    lulayer(sysroot, "install", "hello-config")
+    live = fixture_build.reboot(sysroot)
+    proc = _stopped_at(sysroot, "ahead-mounted", tmp_path / "log", "install", "htop", "--live")
+    os.kill(proc.pid, signal.SIGCONT)
+    assert proc.wait() == 0, (tmp_path / "log").read_text()
+
+    layer = next(sysroot.glob("ostree/deploy/*/backing/*/lulayer-live/layer"))
+    held = {str(p.relative_to(layer)) for p in layer.rglob("*") if not p.is_dir()}
+    assert "bin/htop" in held and not any("hello" in p for p in held), sorted(held)
+    target = next_commit(sysroot)
+    assert live_commit(sysroot) == target
+    assert_usr_is_commit(sysroot, live, target, tmp_path / "target-usr")
+    assert rpm_names(live) == WITH_HTOP | {"hello-config"}
+    ostree_fsck(sysroot)
+
+
+@pytest.mark.parametrize("step", AHEAD_STEPS)
+def test_install_live_killed_ahead_of_its_commit_is_taken_back_by_next_command(sysroot: Path, tmp_path: Path,
+                                                                              step: str) -> None:
+    live = booted(sysroot)
+    killed = lulayer(sysroot, "install", "htop", "--live", check=False, env={FAULT_ENV: step})
+    assert killed.returncode == -9, describe(killed)
+    assert lulayer(sysroot, "status", check=False).returncode == 0
+
+    out = lulayer(sysroot, "cleanup", "--repomd")
+
+    assert "Taking back the packages an interrupted install made live" in out.stderr, describe(out)
+    assert fstype_at(live / "usr") is None
+    assert_usr_is_commit(sysroot, live, commit_of(live), tmp_path / "booted-usr")
+    assert rpm_names(live) == BASE
+    assert pending(sysroot) == live and staged_record(sysroot) is None
+    assert "LiveCommit" not in lulayer(sysroot, "status").stdout
+    assert not list(sysroot.glob("ostree/deploy/*/backing/*/lulayer-live"))
+    ostree_fsck(sysroot)
+
+    lulayer(sysroot, "install", "htop", "--live")
+    assert chroot(live, "htop").returncode == 0
+
+
+def test_install_live_interrupted_ahead_of_its_commit_says_so(sysroot: Path) -> None:
+    live = booted(sysroot)
+    out = lulayer(sysroot, "install", "htop", "--live", check=False,
+                  env={FAULT_ENV: "ahead-mounted", FAULT_SIGNAL_ENV: "INT"})
+
+    assert out.returncode == 128 + signal.SIGINT, describe(out)
+    assert out.stderr.strip().splitlines()[-1] == f"interrupted: {Stage.LIVE_AHEAD}", describe(out)
+    lulayer(sysroot, "apply-live", "--reset")
+    assert fstype_at(live / "usr") is None and rpm_names(live) == BASE
 
 
 # --------------------------------------------------------------------------- concurrent readers
