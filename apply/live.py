@@ -267,8 +267,8 @@ class _Tree:
         fd = self._fds.get(rel)
         if fd is not None:
             return fd
-        parent = self.dir_fd(str(PurePosixPath(rel).parent))
-        name = PurePosixPath(rel).name
+        parent_rel, _, name = rel.rpartition("/")  # string work: it runs once per file
+        parent = self.dir_fd(parent_rel)
         try:
             fd = open_dir(name, dir_fd=parent, follow_symlinks=False)
         except OSError as e:
@@ -284,8 +284,8 @@ class _Tree:
             os.close(self._fds.pop(key))
 
     def split(self, path: str) -> tuple[int, str]:
-        p = PurePosixPath(path)
-        return self.dir_fd(str(p.parent)), p.name
+        parent, _, name = path.rstrip("/").rpartition("/")
+        return self.dir_fd(parent), name
 
     def sync(self) -> None:
         """Make everything written to the tree durable: one syncfs of its file system (of an
