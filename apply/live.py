@@ -1239,8 +1239,10 @@ def finish_interrupted(sysroot: Sysroot, say: Callable[[str], None]) -> LiveResu
     live_state.drop_stale_temps(sysroot, booted)
     st = live_state.read_state(sysroot, booted)
     if st.ahead and st.inprogress is None:
+        # Nothing to finish: what went live has no live update to its commit (a line says so, no result).
         say("Taking back the packages an interrupted install made live ahead of its deployment")
-        return take_back_ahead(sysroot)
+        take_back_ahead(sysroot)
+        return None
     if st.inprogress is None:
         live_state.drop_stale_refs(sysroot, booted)
         return None

@@ -14,6 +14,7 @@ import contextlib
 import os
 import random
 import signal
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -45,6 +46,8 @@ from tests.invariants import Checker, live_commit, live_in_progress, live_state,
 pytestmark = pytest.mark.root
 
 COMPOSE_SCRATCH_PREFIX = "lulayer-compose-"  # a compose's scratch folder in the repository's tmp
+# What the next command says when an install killed while its packages were live ahead of their commit is taken back.
+TAKE_BACK_LINE = "Taking back the packages an interrupted install made live ahead of its deployment"
 
 
 def seed_for(name: str) -> int:
@@ -126,6 +129,8 @@ def random_kills(sysroot: Path, scratch: Path, iterations: int, seed: int, *, re
             if st and st.get("inprogress"):
                 stats.mid_apply += 1
                 where = "mid-apply"
+            elif st and st.get("ahead"):
+                where = "ahead of the commit"
             elif live_commit(sysroot) != before_live:
                 where = "after-apply"
             else:
@@ -156,6 +161,10 @@ def random_kills(sysroot: Path, scratch: Path, iterations: int, seed: int, *, re
                 assert out.returncode == 0, f"{context}\n{describe(out)}"
                 expect = commit_of(pending(sysroot))
             else:
+                if st and st.get("ahead") and not inprogress:  # the recovery's line comes first
+                    said, _, rest = out.stderr.partition("\n")
+                    assert said == TAKE_BACK_LINE, f"{context}\n{describe(out)}"
+                    out = subprocess.CompletedProcess(out.args, out.returncode, out.stdout, rest)
                 one_error_line(out, "there is no pending deployment to apply")
                 expect = inprogress or live_now
             stats.outcomes["recovered by apply-live"] += 1
