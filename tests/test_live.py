@@ -215,11 +215,16 @@ def test_apply_live_reset_returns_to_booted_set_and_keeps_pending(sysroot: Path)
 # --------------------------------------------------------------------------- interruption
 
 
+def _install_htop_live_killed_at(sysroot: Path, step: str) -> None:
+    """`install htop --live`, SIGKILLed at the fault point step."""
+    killed = lulayer(sysroot, "install", "htop", "--live", check=False, env={FAULT_ENV: step})
+    assert killed.returncode == -9, describe(killed)
+
+
 @pytest.mark.parametrize("step", STEPS)
 def test_interrupted_live_install_is_finished_by_next_command(sysroot: Path, tmp_path: Path, step: str) -> None:
     live = booted(sysroot)
-    killed = lulayer(sysroot, "install", "htop", "--live", check=False, env={FAULT_ENV: step})
-    assert killed.returncode == -9, describe(killed)
+    _install_htop_live_killed_at(sysroot, step)
 
     assert lulayer(sysroot, "status", check=False).returncode == 0
     lulayer(sysroot, "apply-live")
@@ -239,8 +244,7 @@ def test_interrupted_live_install_is_finished_by_next_command(sysroot: Path, tmp
 
 def test_interrupted_live_update_is_finished_by_another_mutating_command(sysroot: Path, tmp_path: Path) -> None:
     live = booted(sysroot)
-    killed = lulayer(sysroot, "install", "htop", "--live", check=False, env={FAULT_ENV: "files-half"})
-    assert killed.returncode == -9, describe(killed)
+    _install_htop_live_killed_at(sysroot, "files-half")
     target = next_commit(sysroot)
 
     out = lulayer(sysroot, "install", "hello-config")
@@ -257,8 +261,7 @@ def test_interrupted_live_update_is_finished_by_another_mutating_command(sysroot
 def test_reset_after_interrupted_live_install_returns_to_booted_commit(sysroot: Path, tmp_path: Path,
                                                                        step: str) -> None:
     live = booted(sysroot)
-    killed = lulayer(sysroot, "install", "htop", "--live", check=False, env={FAULT_ENV: step})
-    assert killed.returncode == -9, describe(killed)
+    _install_htop_live_killed_at(sysroot, step)
 
     lulayer(sysroot, "apply-live", "--reset")
 
@@ -338,8 +341,7 @@ def test_install_live_ahead_links_only_what_the_booted_usr_lacks(sysroot: Path, 
 def test_install_live_killed_ahead_of_its_commit_is_taken_back_by_next_command(sysroot: Path, tmp_path: Path,
                                                                               step: str) -> None:
     live = booted(sysroot)
-    killed = lulayer(sysroot, "install", "htop", "--live", check=False, env={FAULT_ENV: step})
-    assert killed.returncode == -9, describe(killed)
+    _install_htop_live_killed_at(sysroot, step)
     assert lulayer(sysroot, "status", check=False).returncode == 0
 
     out = lulayer(sysroot, "cleanup", "--repomd")
