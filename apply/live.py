@@ -76,7 +76,7 @@ from lulayer.fsutil import (
     write_symlink_atomic,
 )
 from lulayer.layering import vardirs
-from lulayer.layering.compose import OVERLAY_XATTR_PREFIX, SQLITE_RUNTIME
+from lulayer.layering.compose import OVERLAY_XATTR_PREFIX, SQLITE_RUNTIME, is_opaque
 from lulayer.linux import RENAME_EXCHANGE, renameat2, syncfs
 from lulayer.mounts import (
     MountInfo,
@@ -899,7 +899,7 @@ def _ahead_layer(upper_usr: Path, upper_etc: Path, live_usr: Path, db: str) -> _
                 with suppress(FileNotFoundError):
                     have = os.lstat(f"{live_usr}{path}")
             if stat.S_ISDIR(st.st_mode):
-                if _is_opaque(e.path) or (have is not None and not stat.S_ISDIR(have.st_mode)):
+                if is_opaque(e.path) or (have is not None and not stat.S_ISDIR(have.st_mode)):
                     return False
                 dirs.append((path, DirMeta("", st.st_mode, st.st_uid, st.st_gid, _own_xattrs(e.path))))
                 if not walk(e.path, path, have is not None):
@@ -923,19 +923,12 @@ def _ahead_layer(upper_usr: Path, upper_etc: Path, live_usr: Path, db: str) -> _
         # The commit gives /usr/etc the owner, mode and xattrs of this upper layer's folder.
         have_etc = os.path.lexists(f"{live_usr}/etc")
         st = os.lstat(upper_etc)
-        if (have_etc and not os.path.isdir(f"{live_usr}/etc")) or _is_opaque(str(upper_etc)):
+        if (have_etc and not os.path.isdir(f"{live_usr}/etc")) or is_opaque(upper_etc):
             return None
         dirs.append(("/etc", DirMeta("", st.st_mode, st.st_uid, st.st_gid, _own_xattrs(str(upper_etc)))))
         if not walk(str(upper_etc), "/etc", have_etc):
             return None
     return _AheadLayer(tuple(dirs), tuple(files), tuple(rpmdb), tuple(whiteouts))
-
-
-def _is_opaque(path: str) -> bool:
-    try:
-        return os.getxattr(path, f"{OVERLAY_XATTR_PREFIX}opaque", follow_symlinks=False) == b"y"
-    except OSError:
-        return False
 
 
 def mount_ahead(sysroot: Sysroot, upper_root: Path, upper_etc: Path, progress: Progress | None = None) -> bool:

@@ -143,9 +143,10 @@ def _is_whiteout(st: os.stat_result) -> bool:
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
 
-def _is_opaque(path: Path) -> bool:
+def is_opaque(path: str | Path) -> bool:
+    """Whether the directory at path, in an overlay's upper layer, hides what the lower layers have there."""
     try:
-        return os.getxattr(path, "trusted.overlay.opaque", follow_symlinks=False) == b"y"
+        return os.getxattr(path, f"{OVERLAY_XATTR_PREFIX}opaque", follow_symlinks=False) == b"y"
     except OSError:
         return False
 
@@ -177,7 +178,7 @@ def _apply_removals(mtree: OSTree.MutableTree, upper: Path, top_level: bool) -> 
                 mtree.remove(entry.name, True)
                 os.unlink(entry.path)
             elif stat.S_ISDIR(st.st_mode):
-                if _is_opaque(Path(entry.path)):
+                if is_opaque(entry.path):
                     mtree.remove(entry.name, True)
                     continue
                 try:
