@@ -931,7 +931,7 @@ def _ahead_layer(upper_usr: Path, upper_etc: Path, live_usr: Path, db: str) -> _
     return _AheadLayer(tuple(dirs), tuple(files), tuple(rpmdb), tuple(whiteouts))
 
 
-def mount_ahead(sysroot: Sysroot, upper_root: Path, upper_etc: Path, progress: Progress | None = None) -> bool:
+def mount_ahead(sysroot: Sysroot, upper_root: Path, upper_etc: Path) -> bool:
     """Make what a compose's rpm transaction wrote live now, before its commit is written; returns
     whether it did. The live update to the commit (apply_live) then only checks that the layer holds
     the commit's new files, and records it.
@@ -960,18 +960,18 @@ def mount_ahead(sysroot: Sysroot, upper_root: Path, upper_etc: Path, progress: P
         live_state.write_state(sysroot, booted, replace(st, ahead=True))
     _step("ahead-marked")
     try:
-        _mount_ahead_layer(sysroot, booted, usr, layout, progress)
+        _mount_ahead_layer(sysroot, booted, usr, layout)
     except (OSError, _Failed) as e:
         # Nothing needs it: the update goes live from its commit instead.
         _log.debug("the new files could not go live ahead of their commit: %s", e)
         take_back_ahead(sysroot)
         return False
     _step("ahead-mounted")
+    _log.debug("live ahead of the commit: %d files linked from the compose", len(layout.files))
     return True
 
 
-def _mount_ahead_layer(sysroot: Sysroot, booted: Deployment, usr: Path, layout: _AheadLayer,
-                       progress: Progress | None) -> None:
+def _mount_ahead_layer(sysroot: Sysroot, booted: Deployment, usr: Path, layout: _AheadLayer) -> None:
     back = sysroot.backing_dir(booted)
     _drop_backing(back)
     layer = back / LAYER
@@ -984,7 +984,6 @@ def _mount_ahead_layer(sysroot: Sysroot, booted: Deployment, usr: Path, layout: 
             with _doing(f"creating the directory {layer}{path}"):
                 os.mkdir(name, 0o700, dir_fd=parent)
                 _set_dir_meta_at(parent, name, meta)
-        linked = 0
         for i, (path, src) in enumerate((*layout.files, *layout.rpmdb)):
             checkpoint()
             parent, name = tree.split(path)
@@ -993,10 +992,6 @@ def _mount_ahead_layer(sysroot: Sysroot, booted: Deployment, usr: Path, layout: 
                     if k.startswith(OVERLAY_XATTR_PREFIX):
                         os.removexattr(src, k, follow_symlinks=False)
                 os.link(src, name, dst_dir_fd=parent, follow_symlinks=False)
-            if progress and i < len(layout.files):
-                st = os.lstat(src)
-                linked += st.st_size if stat.S_ISREG(st.st_mode) else 0
-                progress(ProgressReport("Applying live", i + 1, len(layout.files), linked, 0, f"/usr{path}"))
             if i == len(layout.files) // 2:
                 _step("ahead-half")
         for path in layout.whiteouts:
@@ -1015,6 +1010,7 @@ def take_back_ahead(sysroot: Sysroot) -> LiveResult | None:
     st = live_state.read_state(sysroot, sysroot.booted())
     if not st.ahead or st.inprogress is not None:
         return None
+    _log.debug("taking back what went live ahead of its commit")
     return reset(sysroot)
 
 
@@ -1067,6 +1063,15 @@ def _ahead_matches(sysroot: Sysroot, plan: _Plan) -> bool:
     objects = Path(sysroot.repo.get_path().get_path()) / "objects"
     want = {**added, **{f: db_files[f] for f in in_db}}
     return all(_same_file(f"{layer}{path}", f"{objects}/{c[:2]}/{c[2:]}.file") for path, c in want.items())
+
+
+def _report_layer(progress: Progress, layer: Path, added: tuple[FileEntry, ...]) -> None:
+    """Report the live update as done: the files the layer added, and their size."""
+    size = 0
+    for f in added:
+        st = os.lstat(f"{layer}{_rel(f.path, '/usr')}")
+        size += st.st_size if stat.S_ISREG(st.st_mode) else 0
+    progress(ProgressReport("Applying live", len(added), len(added), size, 0, added[-1].path if added else ""))
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -1183,9 +1188,12 @@ def apply_live(sysroot: Sysroot, target: str, *, allow_replacement: bool = False
         exchange_ok = True
         ahead = st.ahead and _ahead_matches(sysroot, plan)
         if ahead:
-            # Live since mount_ahead; the steps are the layer's, passed at the same state.
+            # Live since mount_ahead; the steps are the layer's, passed at the same state. Reported once
+            # checked: a layer taken back was not applied.
             for step in STEPS[1:-1]:
                 _step(step)
+            if progress:
+                _report_layer(progress, sysroot.backing_dir(booted) / LAYER, files.added_files)
         elif st.ahead:
             _log.debug("the files live ahead of %s are not what it holds: it goes live from the commit", target)
             if (info := mount_at(root / "usr")) is not None and _is_ours(sysroot, booted, info):

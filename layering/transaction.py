@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -309,14 +310,10 @@ class Transaction:
                 return False
             return True
 
-        def go_ahead(upper_root: Path, upper_etc: Path) -> None:
-            if self._transient() is None:
-                mount_ahead(self.sysroot, upper_root, upper_etc, self.reporter.progress)
-
         # With live, the next boot's deployment is staged: written after the live update.
         try:
             result = operation(Layering(self.sysroot, progress=self.reporter.progress, live_gate=live_gate,
-                                        ahead=go_ahead if ahead else None))
+                                        ahead=partial(mount_ahead, self.sysroot) if ahead else None))
             signals.checkpoint()
         except BaseException:
             # What went live ahead has no live update to its commit to finish it: take it back. After a

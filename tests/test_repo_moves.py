@@ -15,7 +15,19 @@ from pathlib import Path
 import pytest
 
 from fixtures import build as fixture_build
-from tests.helpers import booted, chroot, lulayer, one_error_line, ostree_fsck, pending, point_repo_file
+from tests.helpers import (
+    booted,
+    chroot,
+    commit_of,
+    describe,
+    fstype_at,
+    lulayer,
+    one_error_line,
+    ostree_fsck,
+    pending,
+    point_repo_file,
+)
+from tests.invariants import live_commit
 
 pytestmark = pytest.mark.root
 
@@ -114,6 +126,34 @@ def test_live_install_refuses_a_moved_package_without_allow_replacement(sysroot:
     assert upgrademe_version(sysroot) == "upgrademe 2.0"
     assert chroot(live, "upgrademe", check=True).stdout.strip() == "upgrademe 2.0"
     assert (live / "usr/bin/htop").is_file()
+    ostree_fsck(sysroot)
+
+
+def test_live_install_ahead_of_its_commit_refused_is_taken_back_and_allowed_goes_live_from_the_commit(
+        sysroot: Path, tmp_path: Path) -> None:
+    """upgrademe 1.0 booted, nothing live: `install htop --live` puts htop live before its commit (the
+    moved upgrademe's files are the booted /usr's already, left out), then the check refuses the move and
+    takes it back; with --allow-replacement the layer does not match the commit (upgrademe changes), so
+    the update goes live from the commit."""
+    lulayer(sysroot, "install", "upgrademe")
+    live = fixture_build.reboot(sysroot)
+    point_repo_file(live, repo_with_2(tmp_path, drop_1=True))
+
+    refused = lulayer(sysroot, "--debug", "install", "htop", "--live", check=False)
+    assert refused.returncode == 1, describe(refused)
+    for said in ("live ahead of the commit", "taking back what went live ahead of its commit",
+                 "packages would be replaced"):
+        assert said in refused.stderr, describe(refused)
+    assert fstype_at(live / "usr") is None
+    assert not (live / "usr/bin/htop").exists()
+    assert chroot(live, "upgrademe", check=True).stdout.strip() == "upgrademe 1.0"
+    assert upgrademe_version(sysroot) == "upgrademe 1.0"
+
+    out = lulayer(sysroot, "--debug", "install", "htop", "--live", "--allow-replacement")
+    assert "are not what it holds: it goes live from the commit" in out.stderr, describe(out)
+    assert chroot(live, "upgrademe", check=True).stdout.strip() == "upgrademe 2.0"
+    assert chroot(live, "htop", check=True).stdout.strip() == "htop 3.3.0"
+    assert live_commit(sysroot) == commit_of(pending(sysroot))
     ostree_fsck(sysroot)
 
 
