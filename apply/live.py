@@ -961,7 +961,7 @@ def mount_ahead(sysroot: Sysroot, upper_root: Path, upper_etc: Path) -> bool:
     _step("ahead-marked")
     try:
         _mount_ahead_layer(sysroot, booted, usr, layout)
-    except (OSError, _Failed) as e:
+    except (OSError, _Failed, LiveApplyError) as e:
         # Nothing needs it: the update goes live from its commit instead.
         _log.debug("the new files could not go live ahead of their commit: %s", e)
         take_back_ahead(sysroot)
@@ -1017,7 +1017,16 @@ def take_back_ahead(sysroot: Sysroot) -> LiveResult | None:
 def _ahead_matches(sysroot: Sysroot, plan: _Plan) -> bool:
     """Whether the layer mount_ahead mounted is the one _apply_as_layer would make for plan: the
     same new files (the same inodes, or the same owner, mode, xattrs and content), its folders
-    with the target's owner, mode and xattrs, the rpmdb's removed files hidden, nothing else."""
+    with the target's owner, mode and xattrs, the rpmdb's removed files hidden, nothing else.
+    A layer that cannot be read whole (a folder the target lacks, a file gone) does not match."""
+    try:
+        return _layer_holds(sysroot, plan)
+    except (OSError, LiveApplyError) as e:
+        _log.debug("the layer live ahead of %s cannot be checked: %s", plan.target, e)
+        return False
+
+
+def _layer_holds(sysroot: Sysroot, plan: _Plan) -> bool:
     info = mount_at(plan.root / "usr")
     if info is None or not _is_ours(sysroot, plan.booted, info) or not _only_adds(plan):
         return False

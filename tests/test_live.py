@@ -337,6 +337,29 @@ def test_install_live_ahead_links_only_what_the_booted_usr_lacks(sysroot: Path, 
     ostree_fsck(sysroot)
 
 
+@pytest.mark.parametrize("damage", ["a file gone", "a folder the commit lacks"])
+def test_a_layer_live_ahead_that_is_not_the_commits_is_replaced_by_one_made_from_the_commit(
+        sysroot: Path, tmp_path: Path, damage: str) -> None:
+    live = booted(sysroot)
+    proc = _stopped_at(sysroot, "ahead-mounted", tmp_path / "log", "install", "htop", "--live")
+    try:
+        layer = next(sysroot.glob("ostree/deploy/*/backing/*/lulayer-live/layer"))
+        if damage == "a file gone":
+            (layer / "bin/htop").unlink()
+        else:
+            (layer / "share/not-in-the-commit").mkdir()
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+    assert proc.wait() == 0, (tmp_path / "log").read_text()
+
+    target = next_commit(sysroot)
+    assert live_commit(sysroot) == target
+    assert_usr_is_commit(sysroot, live, target, tmp_path / "target-usr")
+    ran = chroot(live, "htop")
+    assert ran.returncode == 0 and ran.stdout.strip() == "htop 3.3.0", describe(ran)
+    ostree_fsck(sysroot)
+
+
 @pytest.mark.parametrize("step", AHEAD_STEPS)
 def test_install_live_killed_ahead_of_its_commit_is_taken_back_by_next_command(sysroot: Path, tmp_path: Path,
                                                                               step: str) -> None:
