@@ -76,6 +76,12 @@ def chroot(root: Path, *cmd: str, check: bool = False) -> subprocess.CompletedPr
     return run(["chroot", str(root), *cmd], check=check)
 
 
+def assert_htop_runs(root: Path) -> None:
+    """The fixture htop runs in root (chroot) and prints its version."""
+    ran = chroot(root, "htop")
+    assert ran.returncode == 0 and ran.stdout.strip() == "htop 3.3.0", describe(ran)
+
+
 def rpm(root: Path, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
     """Run `rpm --root ROOT --dbpath /usr/share/rpm ARGS...`."""
     return run(["rpm", "--root", str(root), "--dbpath", DBPATH, *args], check=check)
