@@ -249,8 +249,15 @@ def test_detached_writer_stopped_by_sigterm_is_written_by_next_command(sysroot: 
 
 
 def test_random_signals_quick(sysroot: Path, tmp_path: Path) -> None:
+    """A signal that lands after a command's last safe point lets it finish (9 of 9 did, seed
+    3225999140): rounds of 9 (seeds SEED, SEED+1, ...) go on, at most 4, until one stopped a command."""
     seed = seed_for("random signals quick")
-    stats = random_kills(sysroot, tmp_path, 9, seed, signals=SIGNALS)
+    for n in range(4):
+        scratch = tmp_path / f"round-{n}"
+        scratch.mkdir()
+        stats = random_kills(sysroot, scratch, 9, seed + n, signals=SIGNALS)
+        if stats.killed:
+            break
     assert stats.killed >= 1, stats.outcomes
 
 
