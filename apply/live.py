@@ -76,7 +76,7 @@ from lulayer.fsutil import (
     write_symlink_atomic,
 )
 from lulayer.layering import vardirs
-from lulayer.layering.compose import OVERLAY_XATTR_PREFIX, SQLITE_RUNTIME, is_opaque
+from lulayer.layering.compose import OVERLAY_XATTR_PREFIX, SQLITE_RUNTIME, is_opaque, is_whiteout, own_xattrs
 from lulayer.linux import RENAME_EXCHANGE, renameat2, syncfs
 from lulayer.mounts import (
     MountInfo,
@@ -801,6 +801,23 @@ def _layer_parents(sysroot: Sysroot, target: str, diff: TreeDiff) -> list[DirEnt
     return [DirEntry(p, metas[p]) for p in sorted(need, key=lambda p: (p.count("/"), p))]
 
 
+def _new_layer(back: Path) -> Path:
+    """An empty layer in the backing folder back, beside new upper and work folders; what was there
+    goes (a layer a killed run half built, the upper layer of an earlier boot)."""
+    _drop_backing(back)
+    layer = back / LAYER
+    for folder in (back / "upper", back / "work", layer):
+        folder.mkdir(parents=True)
+    return layer
+
+
+def _make_whiteout(tree: _Tree, rel: str) -> None:
+    """An overlayfs whiteout (a character device 0/0) at rel in the layer tree: /usr{rel} is gone."""
+    parent, name = tree.split(rel)
+    with _doing(f"making a whiteout for /usr{rel} in {tree.root}"):
+        os.mknod(name, stat.S_IFCHR, os.makedev(0, 0), dir_fd=parent)
+
+
 def _apply_as_layer(sysroot: Sysroot, plan: _Plan, progress: Progress | None) -> None:
     """Make the live /usr the target in one mount: link each new file's repository object into a
     layer in the backing folder, then mount the live overlay with that layer between its (empty)
@@ -812,10 +829,7 @@ def _apply_as_layer(sysroot: Sysroot, plan: _Plan, progress: Progress | None) ->
     whole update after it; killed before it, the next run builds the layer again from nothing.
     The steps are the write-through path's (the same fault points, at the same states)."""
     back = sysroot.backing_dir(plan.booted)
-    _drop_backing(back)  # a layer a killed run half built, the upper layer of an earlier boot
-    layer = back / LAYER
-    for folder in (back / "upper", back / "work", layer):
-        folder.mkdir(parents=True)
+    layer = _new_layer(back)
     _step("overlay")
     diff = plan.diff
     tree = _Tree(layer)
@@ -840,10 +854,8 @@ def _apply_as_layer(sysroot: Sysroot, plan: _Plan, progress: Progress | None) ->
                 progress(ProgressReport("Applying live", i + 1, len(files), linked, 0, f.path))
             if i == len(files) // 2:
                 _step("files-half")
-        for path in diff.removed_files:  # only the rpmdb's (_as_layer): overlayfs whiteouts
-            parent, name = tree.split(_rel(path, "/usr"))
-            with _doing(f"making a whiteout for {path} in {layer}"):
-                os.mknod(name, stat.S_IFCHR, os.makedev(0, 0), dir_fd=parent)
+        for path in diff.removed_files:  # only the rpmdb's (_as_layer)
+            _make_whiteout(tree, _rel(path, "/usr"))
         tree.sync()
     finally:
         os.close(objects)
@@ -867,12 +879,6 @@ class _AheadLayer:
     files: tuple[tuple[str, Path], ...]  # each with the file rpm wrote (in the upper layer)
     rpmdb: tuple[tuple[str, Path], ...]  # the rpmdb's files, new or changed
     whiteouts: tuple[str, ...]  # the rpmdb's files that go
-
-
-def _own_xattrs(path: str) -> tuple[tuple[str, bytes], ...]:
-    """path's xattrs but the overlay's own (what the compose's commit keeps of them)."""
-    return tuple((n, os.getxattr(path, n, follow_symlinks=False))
-                 for n in sorted(os.listxattr(path, follow_symlinks=False)) if not n.startswith(OVERLAY_XATTR_PREFIX))
 
 
 def _ahead_layer(upper_usr: Path, upper_etc: Path, live_usr: Path, db: str) -> _AheadLayer | None:
@@ -901,10 +907,10 @@ def _ahead_layer(upper_usr: Path, upper_etc: Path, live_usr: Path, db: str) -> _
             if stat.S_ISDIR(st.st_mode):
                 if is_opaque(e.path) or (have is not None and not stat.S_ISDIR(have.st_mode)):
                     return False
-                dirs.append((path, DirMeta("", st.st_mode, st.st_uid, st.st_gid, _own_xattrs(e.path))))
+                dirs.append((path, DirMeta("", st.st_mode, st.st_uid, st.st_gid, own_xattrs(e.path))))
                 if not walk(e.path, path, have is not None):
                     return False
-            elif stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+            elif is_whiteout(st):
                 if not in_db:
                     return False
                 whiteouts.append(path)
@@ -925,7 +931,7 @@ def _ahead_layer(upper_usr: Path, upper_etc: Path, live_usr: Path, db: str) -> _
         st = os.lstat(upper_etc)
         if (have_etc and not os.path.isdir(f"{live_usr}/etc")) or is_opaque(upper_etc):
             return None
-        dirs.append(("/etc", DirMeta("", st.st_mode, st.st_uid, st.st_gid, _own_xattrs(str(upper_etc)))))
+        dirs.append(("/etc", DirMeta("", st.st_mode, st.st_uid, st.st_gid, own_xattrs(str(upper_etc)))))
         if not walk(str(upper_etc), "/etc", have_etc):
             return None
     return _AheadLayer(tuple(dirs), tuple(files), tuple(rpmdb), tuple(whiteouts))
@@ -973,10 +979,7 @@ def mount_ahead(sysroot: Sysroot, upper_root: Path, upper_etc: Path) -> bool:
 
 def _mount_ahead_layer(sysroot: Sysroot, booted: Deployment, usr: Path, layout: _AheadLayer) -> None:
     back = sysroot.backing_dir(booted)
-    _drop_backing(back)
-    layer = back / LAYER
-    for folder in (back / "upper", back / "work", layer):
-        folder.mkdir(parents=True)
+    layer = _new_layer(back)
     tree = _Tree(layer)
     try:
         for path, meta in layout.dirs:
@@ -995,9 +998,7 @@ def _mount_ahead_layer(sysroot: Sysroot, booted: Deployment, usr: Path, layout: 
             if i == len(layout.files) // 2:
                 _step("ahead-half")
         for path in layout.whiteouts:
-            parent, name = tree.split(path)
-            with _doing(f"making a whiteout for /usr{path} in {layer}"):
-                os.mknod(name, stat.S_IFCHR, os.makedev(0, 0), dir_fd=parent)
+            _make_whiteout(tree, path)
         tree.sync()
     finally:
         tree.close()
@@ -1049,7 +1050,7 @@ def _layer_holds(sysroot: Sysroot, plan: _Plan) -> bool:
                 if e.is_dir(follow_symlinks=False):
                     dirs.append(path)
                     walk(path)
-                elif stat.S_ISCHR(e.stat(follow_symlinks=False).st_mode):
+                elif is_whiteout(e.stat(follow_symlinks=False)):
                     whiteouts.add(path)
                 else:
                     files.append(path)
@@ -1066,7 +1067,7 @@ def _layer_holds(sysroot: Sysroot, plan: _Plan) -> bool:
     for d in dirs:
         meta = read_dir_meta(sysroot.repo, metas[f"/usr{d}"])
         st = os.lstat(f"{layer}{d}")
-        if (st.st_mode, st.st_uid, st.st_gid, _own_xattrs(f"{layer}{d}")) != (
+        if (st.st_mode, st.st_uid, st.st_gid, own_xattrs(f"{layer}{d}")) != (
                 meta.mode, meta.uid, meta.gid, tuple(sorted(meta.xattrs))):
             return False
     objects = Path(sysroot.repo.get_path().get_path()) / "objects"
@@ -1089,7 +1090,7 @@ def _same_file(a: str, b: str) -> bool:
     if (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino):
         return True
     if ((sa.st_mode, sa.st_uid, sa.st_gid, sa.st_size) != (sb.st_mode, sb.st_uid, sb.st_gid, sb.st_size)
-            or _own_xattrs(a) != _own_xattrs(b)):
+            or own_xattrs(a) != own_xattrs(b)):
         return False
     if stat.S_ISLNK(sa.st_mode):
         return os.readlink(a) == os.readlink(b)

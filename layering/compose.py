@@ -139,8 +139,15 @@ def compose(repo: OSTree.Repo, scratch_dir: Path, req: ComposeRequest,
         remove_path(scratch)
 
 
-def _is_whiteout(st: os.stat_result) -> bool:
+def is_whiteout(st: os.stat_result) -> bool:
+    """Whether st is an overlayfs whiteout (a character device 0/0)."""
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+def own_xattrs(path: str) -> tuple[tuple[str, bytes], ...]:
+    """path's xattrs, sorted by name, but the overlay's own (what a commit of an upper layer keeps)."""
+    return tuple((n, os.getxattr(path, n, follow_symlinks=False))
+                 for n in sorted(os.listxattr(path, follow_symlinks=False)) if not n.startswith(OVERLAY_XATTR_PREFIX))
 
 
 def is_opaque(path: str | Path) -> bool:
@@ -174,7 +181,7 @@ def _apply_removals(mtree: OSTree.MutableTree, upper: Path, top_level: bool) -> 
             if top_level and entry.name in _SKIPPED_TOP:
                 continue
             st = entry.stat(follow_symlinks=False)
-            if _is_whiteout(st):
+            if is_whiteout(st):
                 mtree.remove(entry.name, True)
                 os.unlink(entry.path)
             elif stat.S_ISDIR(st.st_mode):
@@ -209,18 +216,11 @@ def _modifier(repo: OSTree.Repo, req: ComposeRequest, upper: Path, skip_top: boo
         return OSTree.RepoCommitFilterResult.ALLOW
 
     def xattrs(_repo: OSTree.Repo, path: str, _info: Gio.FileInfo) -> GLib.Variant:
-        full = str(upper) + path
-        pairs = []
         try:
-            names = os.listxattr(full, follow_symlinks=False)
+            own = own_xattrs(str(upper) + path)
         except OSError:
-            names = []
-        for name in sorted(names):
-            if name.startswith(OVERLAY_XATTR_PREFIX):
-                continue
-            value = os.getxattr(full, name, follow_symlinks=False)
-            pairs.append((name.encode() + b"\0", value))
-        return GLib.Variant("a(ayay)", pairs)
+            own = ()
+        return GLib.Variant("a(ayay)", [(name.encode() + b"\0", value) for name, value in own])
 
     # CONSUME: the upper layer is scratch, so libostree may take each file rpm wrote as its object
     # ("adopt": checksum it and rename it into the repository) instead of writing a copy, as
