@@ -751,7 +751,7 @@ def _apply_usr(sysroot: Sysroot, applier: _Applier, files: TreeDiff, target: str
     return rpmdb
 
 
-def _as_layer(sysroot: Sysroot, plan: _Plan) -> bool:
+def _as_layer(sysroot: Sysroot, plan: LivePlan) -> bool:
     """Whether plan goes live as a layer (_apply_as_layer): the first live update of the boot (no
     overlay on /usr yet, which still is the booted commit), it only adds (_only_adds), and the
     repository is bare: its objects are the files as a checkout has them (owner, mode, xattrs), not
@@ -768,7 +768,7 @@ def _layer_possible(sysroot: Sysroot, booted: Deployment, root: Path, device: in
             and _device(sysroot.backing_dir(booted)) == device)
 
 
-def _only_adds(plan: _Plan) -> bool:
+def _only_adds(plan: LivePlan) -> bool:
     """Whether plan only adds files and directories (its rpmdb's files may also change or go, its
     folders stay folders)."""
     files = plan.files
@@ -818,7 +818,7 @@ def _make_whiteout(tree: _Tree, rel: str) -> None:
         os.mknod(name, stat.S_IFCHR, os.makedev(0, 0), dir_fd=parent)
 
 
-def _apply_as_layer(sysroot: Sysroot, plan: _Plan, progress: Progress | None) -> None:
+def _apply_as_layer(sysroot: Sysroot, plan: LivePlan, progress: Progress | None) -> None:
     """Make the live /usr the target in one mount: link each new file's repository object into a
     layer in the backing folder, then mount the live overlay with that layer between its (empty)
     upper layer and /usr.
@@ -1015,7 +1015,7 @@ def take_back_ahead(sysroot: Sysroot) -> LiveResult | None:
     return reset(sysroot)
 
 
-def _ahead_matches(sysroot: Sysroot, plan: _Plan) -> bool:
+def _ahead_matches(sysroot: Sysroot, plan: LivePlan) -> bool:
     """Whether the layer mount_ahead mounted is the one _apply_as_layer would make for plan: the
     same new files (the same inodes, or the same owner, mode, xattrs and content), its folders
     with the target's owner, mode and xattrs, the rpmdb's removed files hidden, nothing else.
@@ -1027,7 +1027,7 @@ def _ahead_matches(sysroot: Sysroot, plan: _Plan) -> bool:
         return False
 
 
-def _layer_holds(sysroot: Sysroot, plan: _Plan) -> bool:
+def _layer_holds(sysroot: Sysroot, plan: LivePlan) -> bool:
     info = mount_at(plan.root / "usr")
     if info is None or not _is_ours(sysroot, plan.booted, info) or not _only_adds(plan):
         return False
@@ -1116,8 +1116,9 @@ def _stopped(target: str, e: OSError | _Failed) -> LiveApplyError:
 
 
 @dataclass(frozen=True)
-class _Plan:
-    """A live update of the booted deployment to target, worked out and not begun."""
+class LivePlan:
+    """A live update of the booted deployment to target, worked out and not begun: what
+    check_live passed, which apply_live takes back instead of working it out again."""
 
     booted: Deployment
     state: live_state.LiveState
@@ -1137,8 +1138,9 @@ class _Plan:
         return self.diff.outside(str(self.dbpath))
 
 
-def _plan(sysroot: Sysroot, target: str) -> _Plan | None:
-    """The live update to target; None when the live /usr already is target."""
+def _plan(sysroot: Sysroot, target: str, checked: LivePlan | None = None) -> LivePlan | None:
+    """The live update to target; None when the live /usr already is target. checked: a plan
+    worked out before, taken as it is if it is to target from the live state there is now."""
     booted = sysroot.booted()
     st = live_state.read_state(sysroot, booted)
     if st.inprogress and st.inprogress != target:
@@ -1148,35 +1150,43 @@ def _plan(sysroot: Sysroot, target: str) -> _Plan | None:
         )
     if st.commit == target and st.inprogress is None:
         return None
+    if (checked is not None and checked.target == target and checked.state == st
+            and checked.booted.checksum == booted.checksum):
+        return checked
     root = live_root(sysroot, booted)
     dbpath = tree_dbpath(root)
     diff = diff_commits(sysroot.repo, st.commit, target, "/usr")
     changes = PackageChanges.between(commit_packages(sysroot.repo, st.commit, dbpath),
                                      commit_packages(sysroot.repo, target, dbpath))
-    return _Plan(booted, st, target, root, dbpath, diff, changes)
+    return LivePlan(booted, st, target, root, dbpath, diff, changes)
 
 
-def _check_plan(sysroot: Sysroot, plan: _Plan, *, allow_replacement: bool, allow_removal: bool) -> None:
+def _check_plan(sysroot: Sysroot, plan: LivePlan, *, allow_replacement: bool, allow_removal: bool) -> None:
     files = plan.files
     type_changes = [] if allow_replacement else _type_changes(sysroot, files, plan.source, plan.target)
     check_live_change(files, plan.changes, _running_kernels(plan.root, sysroot.folder), type_changes,
                       allow_replacement=allow_replacement, allow_removal=allow_removal)
 
 
-def check_live(sysroot: Sysroot, target: str, *, allow_replacement: bool = False, allow_removal: bool = False) -> None:
+def check_live(sysroot: Sysroot, target: str, *, allow_replacement: bool = False,
+               allow_removal: bool = False) -> LivePlan | None:
     """Refuse (LiveRefusedError) a live update to target that apply_live would refuse, before
-    anything is written: the caller stages the next boot's deployment only once it passes."""
+    anything is written: the caller stages the next boot's deployment only once it passes.
+    Returns the plan it passed (None: nothing to check), for apply_live's checked."""
     plan = _plan(sysroot, target)
     if plan is not None and plan.state.inprogress is None:
         _check_plan(sysroot, plan, allow_replacement=allow_replacement, allow_removal=allow_removal)
+        return plan
+    return None
 
 
 def apply_live(sysroot: Sysroot, target: str, *, allow_replacement: bool = False,
                allow_removal: bool = False, progress: Progress | None = None,
-               transient: live_state.Transient | None = None) -> LiveResult:
+               transient: live_state.Transient | None = None, checked: LivePlan | None = None) -> LiveResult:
     """Make the live /usr the target commit's; see the module docstring for the steps.
-    transient: the packages target holds for the running system only (recorded in the state)."""
-    plan = _plan(sysroot, target)
+    transient: the packages target holds for the running system only (recorded in the state).
+    checked: what check_live returned for target, with flags no more permissive than these."""
+    plan = _plan(sysroot, target, checked)
     if plan is None:
         booted = sysroot.booted()
         st = live_state.read_state(sysroot, booted)
@@ -1187,7 +1197,7 @@ def apply_live(sysroot: Sysroot, target: str, *, allow_replacement: bool = False
     source, files = plan.source, plan.files
     resumed = st.inprogress is not None
     rpmdb_changed = not diff.under(str(dbpath)).is_empty
-    if not resumed:  # a resumed update was checked when it began
+    if not resumed and plan is not checked:  # a resumed update was checked when it began
         _check_plan(sysroot, plan, allow_replacement=allow_replacement, allow_removal=allow_removal)
     old_links = vardirs.read_links(root)
     try:

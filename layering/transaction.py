@@ -23,19 +23,17 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from functools import partial
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from lulayer import signals
 from lulayer.apply import live
 from lulayer.apply import state as live_state
-from lulayer.apply.live import LiveResult, check_live, live_root, mount_ahead, take_back_ahead
+from lulayer.apply.live import LivePlan, LiveResult, check_live, live_root, mount_ahead, take_back_ahead
 from lulayer.apply.sysconf import link_clashes
 from lulayer.errors import LiveApplyError, LiveRefusedError, LulayerError
 from lulayer.layering import deploy, staged, vardirs
-from lulayer.layering.cleanup import CleanupResult, cleanup
 from lulayer.layering.layer import Layering, LayerResult
 from lulayer.layering.resolver import split_specs
-from lulayer.layering.status import Status, read_status
 from lulayer.lock import sysroot_lock
 from lulayer.mounts import host_writer_namespace
 from lulayer.progress import ProgressReport
@@ -44,6 +42,10 @@ from lulayer.rpmdb.model import PackageChanges
 from lulayer.run import run
 from lulayer.signals import Stage
 from lulayer.sysroot import OSTREE_BOOTED, Deployment, Sysroot, require_root
+
+if TYPE_CHECKING:  # imported by the commands that use them: not every command's start-up pays for them
+    from lulayer.layering.cleanup import CleanupResult
+    from lulayer.layering.status import Status
 
 
 class Reporter(Protocol):
@@ -117,6 +119,8 @@ class LiveOutcome:
 
 def status(sysroot_path: Path | None) -> Status:
     """The sysroot's deployments, live state and staged deployment; takes no lock."""
+    from lulayer.layering.status import read_status
+
     return read_status(Sysroot(sysroot_path))
 
 
@@ -293,6 +297,7 @@ class Transaction:
         (live.mount_ahead); the live update to the commit then records them."""
         self._recover()
         refused: list[LiveRefusedError] = []
+        checked: dict[str, LivePlan] = {}  # what the gate passed, for the live update not to work it out again
 
         def live_gate(commit: str) -> bool:
             """Before the next boot's deployment is recorded: may commit go live? A refusal
@@ -302,12 +307,15 @@ class Transaction:
             if self._transient() is not None:
                 return True
             try:
-                check_live(self.sysroot, commit, allow_replacement=allow_replacement, allow_removal=allow_removal)
+                plan = check_live(self.sysroot, commit, allow_replacement=allow_replacement,
+                                  allow_removal=allow_removal)
             except LiveRefusedError as e:
                 if not live_or_reboot:
                     raise
                 refused.append(e)
                 return False
+            if plan is not None:
+                checked[commit] = plan
             return True
 
         # With live, the next boot's deployment is staged: written after the live update.
@@ -337,7 +345,7 @@ class Transaction:
         target = result.commit or self.sysroot.deployments()[0].checksum
         try:
             live_result = self._apply_live(target, allow_replacement=allow_replacement, allow_removal=allow_removal,
-                                           drop=drop)
+                                           drop=drop, checked=checked.get(target))
         except LiveRefusedError as e:
             # Nothing new was made (already requested): what is pending stays so.
             if not live_or_reboot:
@@ -379,9 +387,10 @@ class Transaction:
         return live_state.read_state(self.sysroot, self.sysroot.booted()).transient
 
     def _apply_live(self, target: str, *, allow_replacement: bool, allow_removal: bool = False,
-                    drop: Sequence[str] = ()) -> LiveResult:
+                    drop: Sequence[str] = (), checked: LivePlan | None = None) -> LiveResult:
         """Make the live /usr target's. Packages installed live only stay live, on top of target,
-        unless target has them (a persistent install made them the next boot's) or drop names them."""
+        unless target has them (a persistent install made them the next boot's) or drop names them.
+        checked: the live gate's plan for target (live.apply_live)."""
         transient = self._transient()
         keep: tuple[str, ...] = ()
         if transient is not None:
@@ -394,7 +403,7 @@ class Transaction:
             kept = live_state.Transient(on, keep)
         return live.apply_live(self.sysroot, target, allow_replacement=allow_replacement,
                                allow_removal=allow_removal or bool(drop), progress=self.reporter.progress,
-                               transient=kept)
+                               transient=kept, checked=checked)
 
     def _install_transient(self, names: Sequence[str], *, idempotent: bool) -> LayerOutcome:
         """install --live --transient: names onto what the live /usr holds, for the running system
@@ -464,4 +473,6 @@ class Transaction:
     def cleanup(self, *, pending: bool = False, rollback: bool = False, repomd: bool = False) -> CleanupResult:
         # A staged deployment that --pending drops is not written first.
         self._recover(staged_deployment=not pending)
+        from lulayer.layering.cleanup import cleanup
+
         return cleanup(self.sysroot, pending=pending, rollback=rollback, repomd=repomd)

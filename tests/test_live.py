@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 
 from fixtures import build as fixture_build
-from lulayer.apply.live import AHEAD_STEPS, STEPS
+from lulayer.apply.live import AHEAD_STEPS, STEPS, apply_live, check_live
 from lulayer.faults import FAULT_ENV, FAULT_SIGNAL_ENV
 from lulayer.signals import Stage
+from lulayer.sysroot import Sysroot
 from tests.helpers import (
     BASE,
     DBPATH,
@@ -152,6 +153,24 @@ def test_second_live_install_composes_from_booted_commit_not_live_usr(sysroot: P
     assert rpm_names(live) == WITH_HTOP | {"hello-config"}
     assert_usr_is_commit(sysroot, live, commit_of(nxt), tmp_path / "target-usr")
     assert chroot(live, "htop").stdout.strip() == "htop 3.3.0"
+    ostree_fsck(sysroot)
+
+
+def test_a_checked_live_plan_is_worked_out_again_once_the_live_state_moved(sysroot: Path, tmp_path: Path) -> None:
+    # check_live's plan goes with the live state it saw: once the live /usr has moved on,
+    # apply_live must diff from where it is now, not reuse the plan.
+    live = booted(sysroot)
+    lulayer(sysroot, "install", "htop")
+    htop_commit = commit_of(pending(sysroot))
+    plan = check_live(Sysroot(sysroot), htop_commit)
+    assert plan is not None
+    lulayer(sysroot, "install", "hello-config", "--live")
+    assert rpm_names(live) == WITH_HTOP | {"hello-config"}
+
+    apply_live(Sysroot(sysroot), htop_commit, allow_removal=True, checked=plan)
+
+    assert rpm_names(live) == WITH_HTOP
+    assert_usr_is_commit(sysroot, live, htop_commit, tmp_path / "target-usr")
     ostree_fsck(sysroot)
 
 
