@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import shutil
@@ -643,6 +644,10 @@ def _print_live_status(live: LiveStatus) -> None:
 
 def main() -> None:
     signals.install()  # before anything: a signal is recorded, and the command stops at a safe point
+    # A command lives a second or so and makes few reference cycles, so the cyclic collector's runs
+    # free next to nothing: `install htop --live` ran it 74 times, 20 ms of its 0.25 s, and peak RSS
+    # with it off went from 64.6 to 66.0 MiB for a 2,000-file package. The forked children inherit it.
+    gc.disable()
     try:
         cli(prog_name="lulayer")
     finally:
