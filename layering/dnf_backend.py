@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 from collections.abc import Iterator
@@ -79,6 +80,17 @@ def _package(p: Any) -> Package:
     return Package(p.name, int(p.epoch or 0), p.version, p.release, p.arch)
 
 
+def _fill_sack(base: Any) -> None:
+    """base.fill_sack, without the cost of its full garbage collection (Base.reset, dnf/base.py,
+    which frees a sack it replaces): what is alive before is this process's modules and state,
+    which that need not scan (11-17 ms of `install htop --live`)."""
+    gc.freeze()
+    try:
+        base.fill_sack(load_system_repo=True, load_available_repos=True)
+    finally:
+        gc.unfreeze()
+
+
 class DnfResolver:
     backend = Backend.DNF
 
@@ -108,7 +120,7 @@ class DnfResolver:
         rpm.addMacro("_dbpath", str(request.dbpath))
         try:
             try:
-                base.fill_sack(load_system_repo=True, load_available_repos=True)
+                _fill_sack(base)
             except dnf.exceptions.RepoError as e:
                 raise metadata_error(e) from e
             installed = {p.name for p in base.sack.query().installed()}
