@@ -991,9 +991,10 @@ def _mount_ahead_layer(sysroot: Sysroot, booted: Deployment, usr: Path, layout: 
             checkpoint()
             parent, name = tree.split(path)
             with _doing(f"linking {layer}{path} to {src}"):
-                for k in os.listxattr(src, follow_symlinks=False):  # a file copied up (the rpmdb's)
-                    if k.startswith(OVERLAY_XATTR_PREFIX):
-                        os.removexattr(src, k, follow_symlinks=False)
+                if i >= len(layout.files):  # the rpmdb's files were copied up: not the new files rpm made
+                    for k in os.listxattr(src, follow_symlinks=False):
+                        if k.startswith(OVERLAY_XATTR_PREFIX):
+                            os.removexattr(src, k, follow_symlinks=False)
                 os.link(src, name, dst_dir_fd=parent, follow_symlinks=False)
             if i == len(layout.files) // 2:
                 _step("ahead-half")
