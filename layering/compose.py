@@ -284,7 +284,7 @@ def commit_transaction(repo: OSTree.Repo) -> None:
         return
     fd = repo.get_dfd()
     syncfs(fd)  # what libostree's commit_transaction does first
-    repo.set_disable_fsync(True)  # read at commit time; objects were staged while it was off
+    repo.set_disable_fsync(True)  # read again here; the objects went to the staging folder with fsync on
     try:
         repo.commit_transaction(None)
     finally:
