@@ -175,6 +175,19 @@ def test_install_htop_makes_pending_deployment_and_leaves_booted_untouched(sysro
     assert "base-checksum" not in js[1]  # not layered: left out, as rpm-ostree does
 
 
+def test_install_commits_on_a_repository_with_fsync_turned_off(sysroot: Path) -> None:
+    # core.fsync=false (a repository on a disk thrown away after use): the compose's commit goes through
+    # libostree's commit_transaction as it is, without lulayer's two syncfs (compose.commit_transaction).
+    config = sysroot / "ostree" / "repo" / "config"
+    config.write_text(config.read_text().replace("[core]\n", "[core]\nfsync=false\n", 1))
+
+    lulayer(sysroot, "install", "htop")
+
+    assert (deployments(sysroot)[0] / "usr/bin/htop").is_file()
+    assert "fsync=false" in config.read_text()
+    fsck(sysroot)
+
+
 def test_postscript_scriptlet_changes_new_tree_only(sysroot: Path) -> None:
     booted_dep = booted(sysroot)
     base = commit_of(booted_dep)
