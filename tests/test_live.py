@@ -306,6 +306,15 @@ def _stopped_at(sysroot: Path, step: str, log: Path, *args: str) -> subprocess.P
     raise AssertionError(f"{args} did not reach {step}")
 
 
+def _ended_with_its_commit_live(sysroot: Path, proc: subprocess.Popen[bytes], live: Path, tmp_path: Path) -> None:
+    """The install _stopped_at stopped, continued by the caller, ends well: the live /usr is then its
+    pending commit's."""
+    assert proc.wait() == 0, (tmp_path / "log").read_text()
+    target = next_commit(sysroot)
+    assert live_commit(sysroot) == target
+    assert_usr_is_commit(sysroot, live, target, tmp_path / "target-usr")
+
+
 def _commit_objects(sysroot: Path) -> set[str]:
     return {p.name for p in (repo_of(sysroot) / "objects").glob("*/*.commit")}
 
@@ -321,11 +330,8 @@ def test_install_live_runs_the_package_before_its_commit_is_written(sysroot: Pat
         assert pending(sysroot) == live and staged_record(sysroot) is None
     finally:
         os.kill(proc.pid, signal.SIGCONT)
-    assert proc.wait() == 0, (tmp_path / "log").read_text()
+    _ended_with_its_commit_live(sysroot, proc, live, tmp_path)
 
-    target = next_commit(sysroot)
-    assert live_commit(sysroot) == target
-    assert_usr_is_commit(sysroot, live, target, tmp_path / "target-usr")
     layer = next(sysroot.glob("ostree/deploy/*/backing/*/lulayer-live/layer"))
     obj = repo_of(sysroot) / "objects"
     htop = (layer / "bin/htop").stat()
@@ -341,14 +347,11 @@ def test_install_live_ahead_links_only_what_the_booted_usr_lacks(sysroot: Path, 
     live = fixture_build.reboot(sysroot)
     proc = _stopped_at(sysroot, "ahead-mounted", tmp_path / "log", "install", "htop", "--live")
     os.kill(proc.pid, signal.SIGCONT)
-    assert proc.wait() == 0, (tmp_path / "log").read_text()
+    _ended_with_its_commit_live(sysroot, proc, live, tmp_path)
 
     layer = next(sysroot.glob("ostree/deploy/*/backing/*/lulayer-live/layer"))
     held = {str(p.relative_to(layer)) for p in layer.rglob("*") if not p.is_dir()}
     assert "bin/htop" in held and not any("hello" in p for p in held), sorted(held)
-    target = next_commit(sysroot)
-    assert live_commit(sysroot) == target
-    assert_usr_is_commit(sysroot, live, target, tmp_path / "target-usr")
     assert rpm_names(live) == WITH_HTOP | {"hello-config"}
     ostree_fsck(sysroot)
 
@@ -366,11 +369,7 @@ def test_a_layer_live_ahead_that_is_not_the_commits_is_replaced_by_one_made_from
             (layer / "share/not-in-the-commit").mkdir()
     finally:
         os.kill(proc.pid, signal.SIGCONT)
-    assert proc.wait() == 0, (tmp_path / "log").read_text()
-
-    target = next_commit(sysroot)
-    assert live_commit(sysroot) == target
-    assert_usr_is_commit(sysroot, live, target, tmp_path / "target-usr")
+    _ended_with_its_commit_live(sysroot, proc, live, tmp_path)
     assert_htop_runs(live)
     ostree_fsck(sysroot)
 
