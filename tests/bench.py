@@ -32,7 +32,16 @@ fixtures.build.sysroot_template) and each run, on fresh clones of the template s
   is what rpm-ostree's apply-live does;
 * ``import_floor_s``: the interpreter lulayer runs on importing click, rpm, dnf and
   libostree's gi bindings, and nothing else: what any Python tool on these bindings
-  pays before its first step (it bounds how close to the dnf baseline lulayer can get).
+  pays before its first step (it bounds how close to the dnf baseline lulayer can get);
+* ``rpm_copy_s``, ``rpm_overlay_s``: rpm(8) alone installing the RPMs of dnf's set (the
+  files in the repository), with its digest and signature checks off as lulayer's
+  transaction has them, into another plain copy of the booted deployment, and into an
+  overlay mounted with the options of lulayer's compose whose lower layer is the
+  template's booted deployment (a checkout, as the compose's base is). Their difference
+  is what rpm's writes pay for the overlay that keeps the repository's hardlinks safe;
+  ``import_floor_s + rpm_overlay_s`` is about the least a tool pays until usable that
+  imports these bindings and then runs rpm on such an overlay, before it resolves
+  anything or makes the files live (the ratio ``usable_floor_vs_dnf_usable``).
 
 lulayer runs installed, as a host has it: the checkout is built into a wheel and installed,
 byte-compiled, into a venv of the benchmark's own (Debian's interpreter with its system
@@ -80,6 +89,7 @@ if str(TOP) not in sys.path:
     sys.path.insert(0, str(TOP))
 
 from fixtures import build as fb  # noqa: E402  (needs TOP on sys.path)
+from lulayer.mounts import mount_overlay  # noqa: E402
 
 NAMESPACE_ENV = "LULAYER_BENCH_NAMESPACE"
 TEST_NAMESPACE_ENV = "LULAYER_TEST_NAMESPACE"  # the test suite's private namespace (tests/conftest.py)
@@ -102,6 +112,8 @@ MEASURES: tuple[tuple[str, str, str], ...] = (
     ("dnf_cpu_s", "dnf CPU", "s"),
     ("ostree_union_add_s", "ostree union-add", "s"),
     ("import_floor_s", "import floor", "s"),
+    ("rpm_copy_s", "rpm into a copy", "s"),
+    ("rpm_overlay_s", "rpm into an overlay", "s"),
     ("peak_rss_mb", "peak RSS e2e", "MiB"),
 )
 MEASURED_KEYS: tuple[str, ...] = tuple(k for k, _, _ in MEASURES)
@@ -109,7 +121,8 @@ MEASURED_KEYS: tuple[str, ...] = tuple(k for k, _, _ in MEASURES)
 # detached writer of the e2e run (its VmHWM, which it logs in run/lulayer/finalize.log).
 EXTRA_KEYS: tuple[str, ...] = ("install_rss_mb", "apply_live_rss_mb", "writer_rss_mb")
 RATIO_KEYS: tuple[str, ...] = ("install_live_vs_dnf", "usable_vs_dnf_usable", "cpu_vs_dnf_cpu", "written_vs_dnf",
-                                "import_floor_vs_dnf", "apply_live_vs_ostree_union_add")
+                                "import_floor_vs_dnf", "apply_live_vs_ostree_union_add", "rpm_overlay_vs_copy",
+                                "usable_floor_vs_dnf_usable")
 
 CACHE_METHOD = (
     "warm: var/cache/lulayer of an untimed warm-up `install PKG --live` on a throwaway clone "
@@ -467,6 +480,32 @@ class SizeBench:
         return timed([SYSTEM_PYTHON, "-c", DNF_SCRIPT, tree, f"file://{self.work.repo}", self.dnf_cache,
                       self.package], _program(tree, self.package) if poll else None)
 
+    def overlay_of_template(self, name: str) -> Path:
+        """An overlay on the template's booted deployment, mounted as the compose mounts its own
+        (layering/compose.py), in a new folder; returns where it is mounted."""
+        top = self._new(name)
+        layers = {k: top / k for k in ("upper", "work", "merged")}
+        for d in layers.values():
+            d.mkdir(parents=True)
+        mount_overlay(layers["merged"], fb.booted_deployment(self.template), layers["upper"], layers["work"],
+                      redirect_dir=False)
+        return layers["merged"]
+
+    def rpms_of(self, dnf_out: str) -> list[Path]:
+        """The repository's RPM files of the set the dnf baseline printed (its NEVRAs)."""
+        rpms = [self.work.repo / f"{nevra}.rpm" for nevra in dnf_out.split()]
+        missing = [p.name for p in rpms if not p.is_file()]
+        if not rpms or missing:
+            raise BenchError(f"the dnf baseline's packages are not files of {self.work.repo}: {missing or dnf_out!r}")
+        return rpms
+
+    def rpm(self, tree: Path, rpms: Sequence[Path]) -> Timed:
+        """rpm(8) installing rpms into tree, its rpmdb where the dnf baseline has it."""
+        result = timed(["rpm", "--root", tree, "--dbpath", "/usr/share/rpm", "--nosignature", "--nodigest",
+                        "-i", *rpms])
+        _check_installed(tree, self.package, "rpm -i")
+        return result
+
     def warm_up(self) -> None:
         """Untimed: fill the lulayer and dnf caches of this size (and the page cache)."""
         sysroot = self.clone("warmup")
@@ -501,6 +540,8 @@ class SizeBench:
         target = _pending_commit(b)
         dnf_tree = self.copy_live_tree(b, "run-dnf")
         ostree_tree = self.copy_live_tree(b, "run-ostree")
+        rpm_tree = self.copy_live_tree(b, "run-rpm")
+        overlay = self.overlay_of_template("run-rpm-overlay")
         _sync()
         apply = timed(self.work.lulayer(b, "apply-live"))
         _check_installed(fb.booted_deployment(b), self.package, "apply-live")
@@ -510,6 +551,15 @@ class SizeBench:
         _check_installed(dnf_tree, self.package, "dnf baseline")
         if dnf.usable_s is None:
             raise BenchError(f"dnf baseline: {_program(dnf_tree, self.package)} never ran")
+
+        rpms = self.rpms_of(dnf.stdout)
+        _sync()
+        rpm_copy = self.rpm(rpm_tree, rpms)
+        _sync()
+        try:
+            rpm_overlay = self.rpm(overlay, rpms)
+        finally:
+            run(["umount", overlay])
 
         _sync()
         union = timed(["ostree", f"--repo={b / 'ostree' / 'repo'}", "checkout", "--union-add", target,
@@ -525,6 +575,8 @@ class SizeBench:
             "dnf_cpu_s": dnf.cpu_s,
             "written_s": written,
             "import_floor_s": floor.seconds,
+            "rpm_copy_s": rpm_copy.seconds,
+            "rpm_overlay_s": rpm_overlay.seconds,
             "apply_live_s": apply.seconds,
             "install_s": install.seconds,
             "dnf_s": dnf.seconds,
@@ -577,6 +629,9 @@ def summarize(results: Results) -> dict[str, Any]:
                     "written_vs_dnf": _ratio(m["written_s"], m["dnf_s"]),
                     "import_floor_vs_dnf": _ratio(m["import_floor_s"], m["dnf_s"]),
                     "apply_live_vs_ostree_union_add": _ratio(m["apply_live_s"], m["ostree_union_add_s"]),
+                    "rpm_overlay_vs_copy": _ratio(m["rpm_overlay_s"], m["rpm_copy_s"]),
+                    "usable_floor_vs_dnf_usable": _ratio(m["import_floor_s"] + m["rpm_overlay_s"],
+                                                         m["dnf_usable_s"]),
                 },
                 "vs_smallest": {k: _ratio(m[k], medians[smallest][k]) for k in MEASURED_KEYS},
             }
@@ -611,7 +666,9 @@ def _package_targets(package: str, summary: Mapping[str, Any]) -> list[dict[str,
             "met": all(r <= TARGET_USABLE_VS_DNF for r in ratio.values()),
             "detail": "; ".join(
                 f"{s}: usable at {med[s]['usable_s']:.3f}s vs dnf {med[s]['dnf_usable_s']:.3f}s "
-                f"({ratio[s]:.2f}x; install --live returns at {med[s]['install_live_s']:.3f}s)" for s in sizes),
+                f"({ratio[s]:.2f}x; install --live returns at {med[s]['install_live_s']:.3f}s; import floor + rpm "
+                f"into an overlay {med[s]['import_floor_s'] + med[s]['rpm_overlay_s']:.3f}s, "
+                f"{summary[str(s)]['ratios']['usable_floor_vs_dnf_usable']:.2f}x)" for s in sizes),
         })
     return out
 
@@ -671,7 +728,7 @@ def format_report(report: Mapping[str, Any]) -> str:
         "",
     ]
     heads = ["files", *(h for _, h, _ in MEASURES), "lulayer/dnf", "usable/dnf usable", "CPU/dnf CPU", "written/dnf",
-             "floor/dnf", "apply/union-add"]
+             "floor/dnf", "apply/union-add", "rpm overlay/copy", "floor+rpm/dnf usable"]
     for package, by_size in summary.items():
         sizes = sorted(int(s) for s in by_size)
         rows = []
