@@ -98,8 +98,11 @@ class DnfResolver:
         self._base: Any = None
 
     def _make_base(self, request: ResolveRequest) -> Any:
-        base = dnf.Base()
-        conf = base.conf
+        conf = dnf.conf.Conf()
+        # The tree's release from the start: without one, dnf.Base() works out the host's from the
+        # host's rpmdb (dnf.rpm.detect_releasever on "/"), which the request never uses.
+        conf.releasever = request.releasever
+        base = dnf.Base(conf)
         cache = request.cache_dir / "dnf"
         for sub in ("cache", "persist", "log"):
             (cache / sub).mkdir(parents=True, exist_ok=True)
