@@ -131,7 +131,10 @@ class Resolution:
 
 
 class Resolver(Protocol):
-    backend: Backend
+    @property
+    def backend(self) -> Backend:
+        """The library that resolves."""
+        ...
 
     def resolve(self, request: ResolveRequest) -> Resolution:
         """Resolve the request; raise ResolveError naming what is wrong."""

@@ -33,7 +33,7 @@ from lulayer.apply.sysconf import link_clashes
 from lulayer.errors import LiveApplyError, LiveRefusedError, LulayerError
 from lulayer.layering import deploy, staged, vardirs
 from lulayer.layering.layer import Layering, LayerResult
-from lulayer.layering.resolver import split_specs
+from lulayer.layering.resolver import Resolver, split_specs
 from lulayer.lock import sysroot_lock
 from lulayer.mounts import host_writer_namespace
 from lulayer.progress import ProgressReport
@@ -45,6 +45,7 @@ from lulayer.sysroot import OSTREE_BOOTED, Deployment, Sysroot, require_root
 
 if TYPE_CHECKING:  # imported by the commands that use them: not every command's start-up pays for them
     from lulayer.layering.cleanup import CleanupResult
+    from lulayer.layering.resolver_worker import ResolverWorker
     from lulayer.layering.status import Status
 
 
@@ -172,35 +173,47 @@ def layered_requests(sysroot_path: Path | None) -> tuple[str, ...]:
 class Transaction:
     """One locked sysroot, from taking the lock to leaving it (see the module docstring)."""
 
-    def __init__(self, sysroot: Sysroot, reporter: Reporter) -> None:
+    def __init__(self, sysroot: Sysroot, reporter: Reporter, resolver: Resolver | None = None) -> None:
         self.sysroot = sysroot
         self.reporter = reporter
+        self.resolver = resolver  # None: each operation that resolves makes one (resolver.make_resolver)
         self._detach = False
 
     @classmethod
     @contextmanager
-    def begin(cls, sysroot_path: Path | None, reporter: Reporter) -> Iterator[Transaction]:
+    def begin(cls, sysroot_path: Path | None, reporter: Reporter,
+              worker: ResolverWorker | None = None) -> Iterator[Transaction]:
         """The sysroot, locked for the block (waiting for another holder, named).
 
         On a booted host the process first moves to a mount namespace of its own in which
         /sysroot and /boot are writable (mounts.host_writer_namespace): a read-only /sysroot
-        stays read-only for every other process, before, during and after the command."""
-        require_root()
-        if sysroot_path is None and OSTREE_BOOTED.exists():
-            host_writer_namespace()
-        sysroot = Sysroot(sysroot_path)
-        with sysroot_lock(sysroot, on_wait=reporter.say):
-            tx = cls(sysroot, reporter)
-            try:
-                yield tx
-            except BaseException:
-                # The caller failed before the writer was started: write it now. Not after a
-                # signal: the command stops as a SIGKILL would, and the next one writes it.
-                if tx._detach and signals.received() is None:
-                    with suppress(LulayerError):
-                        staged.finalize(sysroot)
-                raise
-            tx._leave()
+        stays read-only for every other process, before, during and after the command.
+
+        worker: the command's resolver, started before its imports (resolver_worker); the
+        transaction ends it when the block ends, before a detached writer is forked."""
+        try:
+            require_root()
+            if sysroot_path is None and OSTREE_BOOTED.exists():
+                host_writer_namespace()
+            sysroot = Sysroot(sysroot_path)
+            with sysroot_lock(sysroot, on_wait=reporter.say):
+                tx = cls(sysroot, reporter, worker)
+                try:
+                    yield tx
+                except BaseException:
+                    # The caller failed before the writer was started: write it now. Not after a
+                    # signal: the command stops as a SIGKILL would, and the next one writes it.
+                    if tx._detach and signals.received() is None:
+                        with suppress(LulayerError):
+                            staged.finalize(sysroot)
+                    raise
+                finally:
+                    if worker is not None:
+                        worker.close()
+                tx._leave()
+        finally:
+            if worker is not None:
+                worker.close()
 
     def _recover(self, *, live_update: bool = True, staged_deployment: bool = True) -> None:
         """Finish what a killed run left: its live update first (the booted deployment's
@@ -320,8 +333,8 @@ class Transaction:
 
         # With live, the next boot's deployment is staged: written after the live update.
         try:
-            result = operation(Layering(self.sysroot, progress=self.reporter.progress, live_gate=live_gate,
-                                        ahead=partial(mount_ahead, self.sysroot) if ahead else None))
+            result = operation(self._layering(live_gate=live_gate,
+                                              ahead=partial(mount_ahead, self.sysroot) if ahead else None))
             signals.checkpoint()
         except BaseException:
             # What went live ahead has no live update to its commit to finish it: take it back. After a
@@ -364,6 +377,11 @@ class Transaction:
         signals.reached(Stage.LIVE_DONE_STAGED)
         return LayerOutcome(result, live_result, self._hand_off_staged())
 
+    def _layering(self, live_gate: Callable[[str], bool] | None = None,
+                  ahead: Callable[[Path, Path], object] | None = None) -> Layering:
+        return Layering(self.sysroot, resolver=self.resolver, progress=self.reporter.progress, live_gate=live_gate,
+                        ahead=ahead)
+
     def _hand_off_staged(self) -> NextBoot:
         """Leave the staged deployment to a detached writer when one can take it, else write it."""
         if staged.can_detach(self.sysroot):
@@ -399,7 +417,7 @@ class Transaction:
         kept = None
         if keep:
             on = target
-            target, _ = Layering(self.sysroot, progress=self.reporter.progress).live_only(on, keep)
+            target, _ = self._layering().live_only(on, keep)
             kept = live_state.Transient(on, keep)
         return live.apply_live(self.sysroot, target, allow_replacement=allow_replacement,
                                allow_removal=allow_removal or bool(drop), progress=self.reporter.progress,
@@ -427,7 +445,7 @@ class Transaction:
             return LayerOutcome(replace(nothing, message=f"already requested: {', '.join(already)}; nothing to do"),
                                 None, NextBoot.UNCHANGED, needs_reboot=self.needs_reboot())
         base = st.transient.base if st.transient is not None else st.commit
-        target, _ = Layering(self.sysroot, progress=self.reporter.progress).live_only(st.commit, new)
+        target, _ = self._layering().live_only(st.commit, new)
         result = live.apply_live(self.sysroot, target, progress=self.reporter.progress,
                                  transient=live_state.Transient(base, (*old, *new)))
         return LayerOutcome(replace(nothing, message=TRANSIENT_NOTE), result, NextBoot.UNCHANGED,

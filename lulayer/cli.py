@@ -111,10 +111,17 @@ class _TerminalReporter:
             self.say(f"Wrote the deployment staged for the next boot: {recovery.staged.name}")
 
 
-def _transaction(ctx: Context, json_mode: bool = False) -> AbstractContextManager[Transaction]:
+def _transaction(ctx: Context, json_mode: bool = False, resolving: bool = False) -> AbstractContextManager[Transaction]:
+    """The command's transaction. resolving: the command resolves packages, and its resolver's
+    helper starts first, so that the backend's imports overlap the transaction core's below."""
+    worker = None
+    if resolving:
+        from lulayer.layering.resolver_worker import ResolverWorker
+
+        worker = ResolverWorker.start()
     from lulayer.layering.transaction import Transaction
 
-    return Transaction.begin(ctx.sysroot_path, _TerminalReporter(json_mode))
+    return Transaction.begin(ctx.sysroot_path, _TerminalReporter(json_mode), worker)
 
 
 class _Group(click.Group):
@@ -282,7 +289,7 @@ def install(ctx: Context, packages: tuple[str, ...], dry_run: bool, idempotent: 
 
         check_transient(live=live, dry_run=dry_run, latest=latest)
     _check_reboot(ctx, reboot, live or live_or_reboot)
-    with _transaction(ctx, as_json) as tx:
+    with _transaction(ctx, as_json, resolving=True) as tx:
         outcome = tx.install(packages, dry_run=dry_run, idempotent=idempotent, allow_inactive=allow_inactive,
                              latest=latest, live=live, allow_replacement=allow_replacement,
                              live_or_reboot=live_or_reboot, transient=transient)
@@ -319,7 +326,7 @@ def uninstall(ctx: Context, packages: tuple[str, ...], remove_all: bool, idempot
         raise LulayerError("no package named",
                            hint="name the packages to uninstall, or pass --all to remove every layered package")
     _check_reboot(ctx, reboot, live or live_or_reboot)
-    with _transaction(ctx, as_json) as tx:
+    with _transaction(ctx, as_json, resolving=True) as tx:
         outcome = tx.uninstall(packages, remove_all=remove_all, idempotent=idempotent, dry_run=dry_run, live=live,
                                allow_replacement=allow_replacement, live_or_reboot=live_or_reboot)
         _report_outcome(outcome, as_json)
@@ -346,7 +353,7 @@ def _override_source(source: str | None) -> str:
 def _override_command(ctx: Context, *, live: bool, allow_replacement: bool, live_or_reboot: bool, dry_run: bool,
                       as_json: bool, unchanged_exit_77: bool, reboot: bool, **change: Any) -> None:
     _check_reboot(ctx, reboot, live or live_or_reboot)
-    with _transaction(ctx, as_json) as tx:
+    with _transaction(ctx, as_json, resolving=True) as tx:
         outcome = tx.override(dry_run=dry_run, live=live, allow_replacement=allow_replacement,
                               live_or_reboot=live_or_reboot, **change)
         _report_outcome(outcome, as_json)
@@ -429,7 +436,7 @@ def upgrade(ctx: Context, dry_run: bool, check: bool, preview: bool, live: bool,
         raise LulayerError("--reboot cannot be combined with --check or --preview")
     _check_reboot(ctx, reboot, live or live_or_reboot)
     only_look = check or preview
-    with _transaction(ctx, as_json) as tx:
+    with _transaction(ctx, as_json, resolving=True) as tx:
         outcome = tx.upgrade(dry_run=dry_run or only_look, live=live and not only_look,
                              allow_replacement=allow_replacement, live_or_reboot=live_or_reboot and not only_look)
         if as_json or not check:

@@ -13,6 +13,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,6 +120,25 @@ def spawn_lulayer(sysroot: Path, args: Sequence[str], log: Path,
     with open(log, "wb") as out:
         return subprocess.Popen(cli_argv(sysroot, *args), stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True, env={**os.environ, "LC_ALL": "C", **(env or {})})
+
+
+def wait_for_child(proc: subprocess.Popen[bytes], name: str) -> int:
+    """The pid of the child of proc named name (/proc/PID/comm) once one runs (120 s at most)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the command ended before its child started"
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = Path(entry.path, "stat").read_text()
+            except OSError:
+                continue
+            comm, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+            if comm == name and int(rest[1]) == proc.pid:
+                return int(entry.name)
+        time.sleep(0.002)
+    raise AssertionError(f"no {name} child appeared")
 
 
 # --------------------------------------------------------------------------- sysroot layout

@@ -12,6 +12,7 @@ import functools
 import hashlib
 import http.server
 import multiprocessing
+import os
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
@@ -28,21 +29,41 @@ from lulayer.layering.resolver import (
     available_backends,
     make_resolver,
 )
+from lulayer.layering.resolver_worker import ResolverWorker
 from lulayer.progress import ProgressReport
 from lulayer.rpmdb.db import snapshot, tree_dbpath
 
 pytestmark = pytest.mark.root
 
 
-@pytest.fixture(params=list(Backend), ids=[b.value for b in Backend])
-def resolver(request: pytest.FixtureRequest) -> Resolver:
-    backend: Backend = request.param
+@pytest.fixture(params=[(b, worker) for b in Backend for worker in (False, True)],
+                ids=[f"{b.value}{'-worker' if worker else ''}" for b in Backend for worker in (False, True)])
+def resolver(request: pytest.FixtureRequest) -> Iterator[Resolver]:
+    """Each backend, in this process and in the helper process the CLI's layering commands use."""
+    backend, worker = request.param
     reason = available_backends()[backend]
     if reason is not None:
         pytest.skip(reason)
-    r = make_resolver(backend)
-    assert r.backend is backend
-    return r
+    if not worker:
+        r = make_resolver(backend)
+        assert r.backend is backend
+        yield r
+        return
+    w = ResolverWorker.start(backend)
+    try:
+        assert w.backend is backend
+        assert w.pid != os.getpid() and _comm(w.pid) == "lulayer-resolve"
+        yield w
+    finally:
+        w.close()
+    assert not Path(f"/proc/{w.pid}").exists() or _comm(w.pid) != "lulayer-resolve", "the helper outlived close()"
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except FileNotFoundError:
+        return ""
 
 
 @pytest.fixture

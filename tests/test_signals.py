@@ -36,6 +36,7 @@ from tests.helpers import (
     rpm_names,
     spawn_lulayer,
     staged_record,
+    wait_for_child,
 )
 from tests.invariants import Checker, live_state
 from tests.test_kills import assert_interrupted_output, random_kills, seed_for
@@ -159,7 +160,7 @@ def test_signal_mid_compose_kills_rpm_child_before_its_scratch_goes(sysroot: Pat
     before = deployments(sysroot)
     log = tmp_path / "out.log"
     proc = spawn_lulayer(sysroot, ["install", "htop"], log)
-    child = _wait_for_child(proc, "lulayer-compose")
+    child = wait_for_child(proc, "lulayer-compose")
     os.killpg(proc.pid, sig)
     rc = proc.wait()
 
@@ -172,24 +173,6 @@ def test_signal_mid_compose_kills_rpm_child_before_its_scratch_goes(sysroot: Pat
     assert staged_record(sysroot) is None
     assert leftover_temp_paths(sysroot) == []
     Checker(sysroot, tmp_path).check(commit_of(booted(sysroot)), f"{sig.name} mid-compose")
-
-
-def _wait_for_child(proc: subprocess.Popen[bytes], name: str) -> int:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "the command ended before its child started"
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = Path(entry.path, "stat").read_text()
-            except OSError:
-                continue
-            comm, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
-            if comm == name and int(rest[1]) == proc.pid:
-                return int(entry.name)
-        time.sleep(0.002)
-    raise AssertionError(f"no {name} child appeared")
 
 
 @pytest.fixture
