@@ -7,14 +7,18 @@ the real file system. Keep the functions general: several test files use them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import http.server
 import json
+import multiprocessing
 import os
 import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -139,6 +143,27 @@ def wait_for_child(proc: subprocess.Popen[bytes], name: str) -> int:
                 return int(entry.name)
         time.sleep(0.002)
     raise AssertionError(f"no {name} child appeared")
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@contextmanager
+def served_over_http(directory: Path, handler: type[http.server.SimpleHTTPRequestHandler] = QuietHandler
+                     ) -> Iterator[str]:
+    """directory over HTTP on 127.0.0.1, served from a forked process (the resolvers download holding
+    the GIL, which would starve a thread); yields its URL."""
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(directory))) \
+            as server:
+        child = multiprocessing.get_context("fork").Process(target=server.serve_forever, daemon=True)
+        child.start()
+        try:
+            yield f"http://127.0.0.1:{server.server_address[1]}"
+        finally:
+            child.terminate()
+            child.join()
 
 
 # --------------------------------------------------------------------------- sysroot layout

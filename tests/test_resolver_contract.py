@@ -8,10 +8,7 @@ backend that does not import is skipped with the reason available_backends() giv
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
-import multiprocessing
 import os
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -32,6 +29,7 @@ from lulayer.layering.resolver import (
 from lulayer.layering.resolver_worker import ResolverWorker
 from lulayer.progress import ProgressReport
 from lulayer.rpmdb.db import snapshot, tree_dbpath
+from tests.helpers import served_over_http
 
 pytestmark = pytest.mark.root
 
@@ -76,26 +74,11 @@ def base_root() -> Iterator[tuple[Path, PurePosixPath]]:
         yield root, dbpath
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
 @pytest.fixture
 def served_repo(fixture_repo: Path) -> Iterator[str]:
-    """The fixture repository over HTTP (a real download, not a file:// one that dnf uses in place).
-
-    Served from a forked process: the resolvers download holding the GIL, which would starve a thread.
-    """
-    handler = functools.partial(_QuietHandler, directory=str(fixture_repo))
-    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
-        child = multiprocessing.get_context("fork").Process(target=server.serve_forever, daemon=True)
-        child.start()
-        try:
-            yield f"http://127.0.0.1:{server.server_address[1]}"
-        finally:
-            child.terminate()
-            child.join()
+    """The fixture repository over HTTP (a real download, not a file:// one that dnf uses in place)."""
+    with served_over_http(fixture_repo) as url:
+        yield url
 
 
 def request_for(base_root: tuple[Path, PurePosixPath], repo: Path | str, cache: Path, *names: str) -> ResolveRequest:

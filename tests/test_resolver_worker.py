@@ -6,15 +6,11 @@ helper process can do: die, fail in a way no backend would, be stopped with the 
 
 from __future__ import annotations
 
-import functools
-import http.server
-import multiprocessing
 import os
 import signal
 import time
 import traceback
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -26,19 +22,16 @@ from lulayer.layering.resolver_worker import ResolverWorker
 from lulayer.mounts import mount, unshare_mount_namespace
 from lulayer.rpmdb.db import snapshot, tree_dbpath
 from lulayer.run import ChildFailed
-from lulayer.signals import Stage
 from tests.helpers import (
+    QuietHandler,
     booted,
-    commit_of,
     describe,
-    leftover_temp_paths,
     lulayer,
+    served_over_http,
     spawn_lulayer,
-    staged_record,
     wait_for_child,
 )
-from tests.invariants import Checker
-from tests.test_kills import assert_interrupted_output
+from tests.test_signals import assert_stopped_unchanged
 
 pytestmark = pytest.mark.root
 
@@ -110,34 +103,16 @@ def test_a_layering_command_leaves_no_helper_behind(sysroot: Path) -> None:
     assert _helpers() <= before
 
 
-class _Packages(http.server.SimpleHTTPRequestHandler):
-    """The repository: metadata at once; a package, when slow names a file, only after a minute,
-    once that file is made (the request is in)."""
+class _SlowPackages(QuietHandler):
+    """The repository: metadata at once; a package only after a minute, once `marker` is made."""
 
-    slow: Path | None = None
+    marker: Path
 
     def do_GET(self) -> None:
-        if self.slow is not None and self.path.endswith(".rpm"):
-            self.slow.touch()
+        if self.path.endswith(".rpm"):
+            self.marker.touch()
             time.sleep(60)
         super().do_GET()
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
-@contextmanager
-def _served(directory: Path, slow: Path | None = None) -> Iterator[str]:
-    """directory over HTTP on loopback, from a forked process; yields its URL."""
-    handler = functools.partial(type("Handler", (_Packages,), {"slow": slow}), directory=str(directory))
-    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
-        child = multiprocessing.get_context("fork").Process(target=server.serve_forever, daemon=True)
-        child.start()
-        try:
-            yield f"http://127.0.0.1:{server.server_address[1]}/"
-        finally:
-            child.terminate()
-            child.join()
 
 
 @pytest.fixture
@@ -145,7 +120,7 @@ def slow_repo(fixture_repo: Path, tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """The fixture repository over HTTP, whose packages never come in time; and the file that
     appears once one is asked for."""
     marker = tmp_path / "package-requested"
-    with _served(fixture_repo, slow=marker) as url:
+    with served_over_http(fixture_repo, type("Handler", (_SlowPackages,), {"marker": marker})) as url:
         yield url, marker
 
 
@@ -157,7 +132,7 @@ def test_the_helper_downloads_where_the_command_sees_its_cache_after_moving_moun
     cache.mkdir()
     root = fixture_build.booted_deployment(fixture_build.sysroot_template())
     dbpath = tree_dbpath(root)
-    with _served(fixture_repo) as url:
+    with served_over_http(fixture_repo) as url:
         pid = os.fork()
         if pid == 0:  # the command: the helper, then a namespace in which cache is another file system
             code = 1
@@ -207,12 +182,4 @@ def test_a_signal_while_the_helper_downloads_stops_the_command_and_the_helper(
     os.killpg(proc.pid, sig)
     rc = proc.wait(timeout=30)
 
-    text = log.read_text()
-    assert rc == 128 + sig, text
-    assert_interrupted_output(text, text)
-    assert text.splitlines()[-1] == f"interrupted: {Stage.UNCHANGED}"
-    assert not Path(f"/proc/{helper}").exists(), "the helper outlived the command"
-    assert deployments(sysroot) == before
-    assert staged_record(sysroot) is None
-    assert leftover_temp_paths(sysroot) == []
-    Checker(sysroot, tmp_path).check(commit_of(booted(sysroot)), f"{sig.name} while the helper downloads")
+    assert_stopped_unchanged(sysroot, tmp_path, rc, log.read_text(), sig, before, helper, "while the helper downloads")

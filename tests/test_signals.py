@@ -164,15 +164,21 @@ def test_signal_mid_compose_kills_rpm_child_before_its_scratch_goes(sysroot: Pat
     os.killpg(proc.pid, sig)
     rc = proc.wait()
 
-    text = log.read_text()
+    assert_stopped_unchanged(sysroot, tmp_path, rc, log.read_text(), sig, before, child, "mid-compose")
+
+
+def assert_stopped_unchanged(sysroot: Path, tmp_path: Path, rc: int, text: str, sig: signal.Signals,
+                             before: list[Path], child: int, when: str) -> None:
+    """The command stopped by sig before it changed anything: exit 128+N, its last line says nothing
+    was changed, its helper child (pid child) is gone, nothing deployed, staged or left, the sysroot whole."""
     assert rc == 128 + sig, text
     assert_interrupted_output(text, text)
     assert text.splitlines()[-1] == f"interrupted: {Stage.UNCHANGED}"
-    assert not Path(f"/proc/{child}").exists(), "the rpm child outlived the command"
+    assert not Path(f"/proc/{child}").exists(), "the command's child outlived it"
     assert deployments(sysroot) == before
     assert staged_record(sysroot) is None
     assert leftover_temp_paths(sysroot) == []
-    Checker(sysroot, tmp_path).check(commit_of(booted(sysroot)), f"{sig.name} mid-compose")
+    Checker(sysroot, tmp_path).check(commit_of(booted(sysroot)), f"{sig.name} {when}")
 
 
 @pytest.fixture
