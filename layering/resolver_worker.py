@@ -96,7 +96,7 @@ class ResolverWorker:
             except (EOFError, OSError) as e:
                 signals.checkpoint()  # killed for a signal: that is what to report
                 raise ResolveError(f"the resolver process ended during {method} ({self._ended()})",
-                                   hint="run the command again; with --debug for its traceback") from e
+                                   hint="what it printed, if anything, is above; run the command again") from e
         if kind == "error":
             raise value
         return value
