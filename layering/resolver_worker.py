@@ -3,7 +3,7 @@
 Before a layering command resolves anything it imports: python3-dnf with its C libraries
 (about 40 ms here), then libostree's bindings and lulayer's own modules (about as much),
 and reads the sysroot, one after the other. A helper forked first imports the resolver's
-backend and makes its base while the command does the rest, so on a machine with a core
+backend and makes its resolver while the command does the rest, so on a machine with a core
 to spare the two overlap; then it answers the command's calls of the Resolver protocol
 (resolve, download, with download's progress) over a pair of pipes. It holds nothing of
 the command's: it is forked before the sysroot lock is taken or anything is read. The
