@@ -207,9 +207,8 @@ class Transaction:
                         with suppress(LulayerError):
                             staged.finalize(sysroot)
                     raise
-                finally:
-                    if worker is not None:
-                        worker.close()
+                if worker is not None:
+                    worker.close()  # before _leave forks the detached writer
                 tx._leave()
         finally:
             if worker is not None:
